@@ -1,0 +1,185 @@
+"""TorchEmbedder and OnnxEmbedder agree; preprocessing metadata; flip-sum; size and shape errors."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+from facedistill.errors import DataError, FaceDistillError  # noqa: E402
+from facedistill.evaluation.embedders import (  # noqa: E402
+    Embedder,
+    OnnxEmbedder,
+    Preprocess,
+    TorchEmbedder,
+    embed_images,
+)
+
+SIZE = 32
+
+
+class TinyNet(nn.Module):
+    def __init__(self, dim: int = 16, flat: bool = True):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.PReLU(8),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.head = nn.Linear(16, dim)
+        self.flat = flat
+
+    def forward(self, x):
+        y = self.body(x).mean(dim=(2, 3))
+        y = self.head(y)
+        return y if self.flat else y[:, :, None]
+
+
+def make_net(**kw) -> nn.Module:
+    torch.manual_seed(0)
+    net = TinyNet(**kw)
+    with torch.no_grad():  # non-trivial BN statistics
+        net.body[1].running_mean.uniform_(-0.2, 0.2)
+        net.body[1].running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def export(net: nn.Module, batch: int | None = None, size: int = SIZE, meta: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    x = torch.zeros(batch or 2, 3, size, size)
+    kwargs = dict(input_names=["input"], output_names=["embedding"], opset_version=17)
+    if batch is None:
+        kwargs["dynamic_axes"] = {"input": {0: "batch"}, "embedding": {0: "batch"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(net, (x,), buf, dynamo=False, **kwargs)
+        except TypeError:  # older torch without the dynamo flag
+            torch.onnx.export(net, (x,), buf, **kwargs)
+    model = onnx.load_from_string(buf.getvalue())
+    for k, v in (meta or {}).items():
+        p = model.metadata_props.add()
+        p.key, p.value = k, v
+    return model.SerializeToString()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(7, SIZE, SIZE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def onnx_dynamic() -> bytes:
+    return export(make_net())
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_preprocess_apply():
+    img = np.zeros((1, 2, 2, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 0, 255, 100
+    x = Preprocess(input_size=2).apply(img)
+    assert x.dtype == np.float32 and x.shape == (1, 3, 2, 2)
+    np.testing.assert_allclose(x[0, :, 0, 0], [-1.0, 1.0, (100 - 127.5) / 127.5], rtol=1e-6)
+    xb = Preprocess(mean=0.0, std=1.0, bgr=True, input_size=2).apply(img)
+    np.testing.assert_array_equal(xb[0, :, 0, 0], [100, 255, 0])
+    with pytest.raises(DataError, match="2x2"):
+        Preprocess(input_size=4).apply(img)
+
+
+def test_torch_matches_onnx(images, onnx_dynamic, tmp_path):
+    net = make_net()
+    te = TorchEmbedder(net, Preprocess(input_size=SIZE), batch_size=3)
+    path = tmp_path / "tiny.onnx"
+    path.write_bytes(onnx_dynamic)
+    oe = OnnxEmbedder(path, Preprocess(input_size=SIZE), batch_size=4, threads=1)
+    assert oe.fixed_batch is None and oe.batch_size == 4
+    assert isinstance(te, Embedder) and isinstance(oe, Embedder)
+    a, b = te(images), oe(images)
+    assert a.shape == b.shape == (7, 16) and a.dtype == b.dtype == np.float32
+    assert cosine(a, b).min() > 0.9999
+    ea = embed_images(te, images, batch_size=5)
+    eb = embed_images(oe, images, batch_size=2)
+    assert cosine(ea, eb).min() > 0.9999
+
+
+def test_onnx_reads_metadata(images):
+    meta = {"mean": "100.0", "std": "50.0", "channel_order": "BGR", "input_size": str(SIZE)}
+    oe = OnnxEmbedder(export(make_net(), meta=meta))
+    assert oe.preprocess == Preprocess(mean=100.0, std=50.0, bgr=True, input_size=SIZE)
+    te = TorchEmbedder(make_net(), Preprocess(mean=100.0, std=50.0, bgr=True, input_size=SIZE))
+    assert cosine(te(images), oe(images)).min() > 0.9999
+    # no metadata -> defaults (with the graph's size)
+    assert OnnxEmbedder(export(make_net())).preprocess == Preprocess(input_size=SIZE)
+    with pytest.raises(FaceDistillError, match="channel_order"):
+        OnnxEmbedder(export(make_net(), meta={"channel_order": "YUV", "input_size": str(SIZE)}))
+
+
+def test_flip_sum_math(images):
+    calls = []
+
+    def fake(x):
+        calls.append(x.copy())
+        return x.reshape(len(x), -1)[:, :4].astype(np.float32) + 1.0  # depends on left pixels only
+
+    out = embed_images(fake, images, batch_size=3)
+    assert len(calls) == 6  # 3 batches x (plain + flipped)
+    np.testing.assert_array_equal(calls[1], calls[0][:, :, ::-1, :])
+    raw = fake(images) + fake(images[:, :, ::-1, :])
+    expect = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    np.testing.assert_allclose(out, expect, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+    no_flip = embed_images(fake, images, flip=False)
+    np.testing.assert_allclose(no_flip, fake(images) / np.linalg.norm(fake(images), axis=1, keepdims=True), rtol=1e-6)
+
+    done = []
+    embed_images(fake, images, batch_size=3, progress=done.append)
+    assert done == [3, 6, 7]
+
+
+def test_wrong_input_size(onnx_dynamic, tmp_path):
+    path = tmp_path / "m.onnx"
+    path.write_bytes(onnx_dynamic)
+    oe = OnnxEmbedder(path)
+    assert oe.preprocess.input_size == SIZE
+    wrong = np.zeros((2, SIZE + 8, SIZE + 8, 3), np.uint8)
+    with pytest.raises(FaceDistillError) as e:
+        oe(wrong)
+    msg = str(e.value)
+    assert str(path) in msg and f"{SIZE}x{SIZE}" in msg and f"{SIZE + 8}x{SIZE + 8}" in msg
+    with pytest.raises(FaceDistillError, match="input_size 112"):
+        OnnxEmbedder(path, Preprocess())  # graph is 32x32, preprocess says 112
+    with pytest.raises(FaceDistillError, match="not found"):
+        OnnxEmbedder(tmp_path / "missing.onnx")
+
+
+def test_fixed_batch_one(images):
+    oe = OnnxEmbedder(export(make_net(), batch=1), Preprocess(input_size=SIZE), batch_size=64)
+    assert oe.fixed_batch == 1 and oe.batch_size == 1
+    te = TorchEmbedder(make_net(), Preprocess(input_size=SIZE))
+    assert cosine(te(images), oe(images)).min() > 0.9999
+
+
+def test_fixed_batch_padding(images):
+    oe = OnnxEmbedder(export(make_net(), batch=4), Preprocess(input_size=SIZE))
+    assert oe.fixed_batch == 4
+    te = TorchEmbedder(make_net(), Preprocess(input_size=SIZE))
+    out = oe(images)  # 7 images: batches of 4, the last padded
+    assert out.shape == (7, 16)
+    assert cosine(te(images), out).min() > 0.9999
+
+
+def test_output_not_2d():
+    with pytest.raises(FaceDistillError, match=r"\(batch, dim\)"):
+        OnnxEmbedder(export(make_net(flat=False)), Preprocess(input_size=SIZE))
+    te = TorchEmbedder(make_net(flat=False), Preprocess(input_size=SIZE))
+    with pytest.raises(FaceDistillError, match=r"\(batch, dim\)"):
+        te(np.zeros((1, SIZE, SIZE, 3), np.uint8))
