@@ -1,0 +1,273 @@
+"""Recipes: YAML files that say what to train, as data (torchdistill's shape, none of its code tags).
+
+A recipe has the sections ``data``, ``student``, ``teacher``, ``loss``, ``optim`` and ``train``.
+``extends: base.yaml`` (relative to the file) merges a base recipe under this one, so the unified
+method and each baseline differ only in their ``loss`` block. Command-line overrides
+(``--set train.epochs=3``) apply last. YAML is read with ``yaml.safe_load`` only: a recipe cannot
+run code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from facedistill.config.schema import deep_merge, from_dict, to_dict
+from facedistill.errors import RecipeError
+from facedistill.losses.config import DistillConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the packed data lives and how batches are drawn."""
+
+    train: str = "data/synthetic/train"
+    val: Optional[str] = "data/synthetic/val"
+    batch_size: int = 64
+    workers: int = 2
+    flip: bool = True  # random horizontal flip, the only augmentation a cached teacher can follow
+    val_max_pairs: Optional[int] = None  # evaluate on the first N pairs during training (speed)
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "mobilefacenet"
+    embedding_size: int = 512
+    checkpoint: Optional[str] = None  # optional initial weights (state dict or run folder)
+
+
+@dataclass
+class TeacherConfig:
+    """A frozen teacher: a torch backbone with a checkpoint, or any ONNX face model."""
+
+    type: str = "none"  # none | torch | onnx
+    arch: Optional[str] = None  # torch: backbone name (inferred from the checkpoint when omitted)
+    checkpoint: Optional[str] = None  # torch: state dict, arcface_torch model.pt or a run folder
+    onnx: Optional[str] = None  # onnx: model path
+    embedding_size: Optional[int] = None  # read from the model when omitted
+    mean: float = 127.5
+    std: float = 127.5
+    channel_order: str = "RGB"  # RGB | BGR
+    input_size: int = 112
+    cache: bool = True  # compute embeddings once per (image, flip) and reuse them across runs
+    batch_size: int = 64
+
+
+@dataclass
+class MarginConfig:
+    type: str = "arcface"  # arcface | cosface | none
+    scale: float = 64.0
+    margin: Optional[float] = None  # default 0.5 (arcface) or 0.35 (cosface)
+    weight: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    margin: MarginConfig = field(default_factory=MarginConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    projector: str = "auto"  # auto (linear when dims differ) | linear | none
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=list)  # step schedule, in epochs
+    gamma: float = 0.1
+    grad_clip: Optional[float] = 5.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 10.0
+    max_steps: Optional[int] = None  # stop early (smoke tests)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # CUDA only; ignored on CPU
+    compile: bool = False
+    threads: Optional[int] = None  # torch intra-op threads on CPU
+    checkpoint_every: int = 200  # steps
+    eval_every: int = 0  # steps; 0 = at the end of each epoch
+    log_every: int = 10  # steps
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    source: str = field(default="", repr=False, compare=False, metadata={"internal": True})
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        data = to_dict(self)
+        data.pop("source", None)
+        return data
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def hash(self) -> str:
+        """A short stable hash of what was trained (name and output folder excluded)."""
+        data = self.to_dict()
+        data.pop("name", None)
+        data.pop("output_dir", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _choice(value: str, options: tuple[str, ...], path: str, where: str) -> None:
+    if value not in options:
+        close = difflib.get_close_matches(value, options, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"{where}: `{path}` is {value!r}, expected one of {', '.join(options)}{hint}")
+
+
+def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) -> None:
+    """Semantic checks that types alone cannot express; run before any training starts."""
+    from facedistill.models import list_backbones
+
+    backbones = tuple(list_backbones())
+    aliases = backbones + ("r18", "r34", "r50", "r100", "mbf")
+    _choice(recipe.student.arch, aliases, "student.arch", where)
+    if recipe.student.embedding_size < 1:
+        raise RecipeError(f"{where}: `student.embedding_size` must be positive")
+    if recipe.data.batch_size < 2:
+        raise RecipeError(f"{where}: `data.batch_size` must be at least 2 (relations need pairs)")
+    if recipe.data.workers < 0:
+        raise RecipeError(f"{where}: `data.workers` must be >= 0")
+    t = recipe.teacher
+    _choice(t.type, ("none", "torch", "onnx"), "teacher.type", where)
+    _choice(t.channel_order, ("RGB", "BGR"), "teacher.channel_order", where)
+    if t.std == 0:
+        raise RecipeError(f"{where}: `teacher.std` must not be 0")
+    if t.type == "torch":
+        if not t.checkpoint:
+            raise RecipeError(f"{where}: `teacher.checkpoint` is required when `teacher.type` is torch")
+        if t.arch is not None:
+            _choice(t.arch, aliases, "teacher.arch", where)
+        if check_files and not Path(t.checkpoint).exists():
+            raise RecipeError(f"{where}: `teacher.checkpoint` {t.checkpoint} does not exist")
+    if t.type == "onnx":
+        if not t.onnx:
+            raise RecipeError(f"{where}: `teacher.onnx` is required when `teacher.type` is onnx")
+        if check_files and not Path(t.onnx).is_file():
+            raise RecipeError(f"{where}: `teacher.onnx` {t.onnx} does not exist "
+                              "(see `facedistill prepare teacher --help` to get one)")
+    m = recipe.loss.margin
+    _choice(m.type, ("arcface", "cosface", "none"), "loss.margin.type", where)
+    if m.weight < 0 or m.scale <= 0:
+        raise RecipeError(f"{where}: `loss.margin.weight` must be >= 0 and `loss.margin.scale` > 0")
+    _choice(recipe.loss.projector, ("auto", "linear", "none"), "loss.projector", where)
+    try:
+        recipe.loss.distill.validate("loss.distill")
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    if recipe.loss.distill.type != "none" and t.type == "none":
+        raise RecipeError(f"{where}: `loss.distill.type` is {recipe.loss.distill.type!r} but there is no "
+                          "teacher; set `teacher.type` (torch or onnx) or use `loss.distill.type: none`")
+    if recipe.loss.distill.type == "none" and m.type == "none":
+        raise RecipeError(f"{where}: nothing to train: `loss.margin.type` and `loss.distill.type` are both none")
+    o = recipe.optim
+    _choice(o.optimizer, ("sgd", "adamw"), "optim.optimizer", where)
+    _choice(o.schedule, ("cosine", "step", "constant"), "optim.schedule", where)
+    if o.lr <= 0:
+        raise RecipeError(f"{where}: `optim.lr` must be positive")
+    if o.grad_clip is not None and o.grad_clip <= 0:
+        raise RecipeError(f"{where}: `optim.grad_clip` must be positive or null")
+    tr = recipe.train
+    _choice(tr.device, ("auto", "cpu", "cuda"), "train.device", where)
+    if tr.epochs <= 0:
+        raise RecipeError(f"{where}: `train.epochs` must be positive")
+    if tr.checkpoint_every < 1 or tr.log_every < 1 or tr.eval_every < 0:
+        raise RecipeError(f"{where}: `train.checkpoint_every`/`log_every` must be >= 1, `eval_every` >= 0")
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if path in chain:
+        raise RecipeError(f"{path}: `extends` forms a cycle: {' -> '.join(str(p) for p in chain + (path,))}")
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}:{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise RecipeError(f"{path}: `extends` must be a file path")
+    base_path = (path.parent / base).resolve()
+    return deep_merge(_read_yaml(base_path, chain + (path,)), data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value parsed as YAML scalar)."""
+    if "=" not in text:
+        raise RecipeError(f"--set {text!r}: expected KEY.PATH=VALUE, e.g. --set train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"--set {text!r}: `{key}` is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | None = None,
+                check_files: bool = True) -> Recipe:
+    """Read, merge (``extends``), override (``--set``), type-check and validate a recipe."""
+    overrides = overrides or []
+    if path is None:
+        data: dict[str, Any] = {}
+        where = "recipe"
+    else:
+        path = Path(path).resolve()
+        data = _read_yaml(path, ())
+        where = str(path)
+    data = apply_overrides(data, overrides)
+    recipe = from_dict(Recipe, data, "", where)
+    recipe.source = where
+    validate(recipe, where, check_files=check_files)
+    return recipe
+
+
+def recipe_from_dict(data: dict[str, Any], where: str = "recipe", check_files: bool = True) -> Recipe:
+    recipe = from_dict(Recipe, data, "", where)
+    recipe.source = where
+    validate(recipe, where, check_files=check_files)
+    return recipe

@@ -1,0 +1,86 @@
+"""Find and load a trained backbone from whatever the user points at.
+
+Accepted: a run folder (``runs/<name>/`` with ``student.pt`` and ``summary.json``), a backbone state
+dict (facedistill ``student.pt`` or an arcface_torch ``model.pt``; the architecture comes from
+``--arch`` or is inferred from the keys), always loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from facedistill.errors import CheckpointError
+
+STUDENT_FILE = "student.pt"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class Preprocessing:
+    """How uint8 RGB images become model input: (x - mean) / std, optionally in BGR order."""
+
+    mean: float = 127.5
+    std: float = 127.5
+    channel_order: str = "RGB"
+    input_size: int = 112
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "channel_order": self.channel_order,
+                "input_size": self.input_size}
+
+
+@dataclass
+class LoadedBackbone:
+    model: Any  # torch.nn.Module, in eval mode
+    arch: str
+    embedding_size: int
+    source: Path
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    recipe_hash: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """Return the state-dict file and the run summary (empty when not a run folder)."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = path / STUDENT_FILE
+        if not ckpt.is_file():
+            raise CheckpointError(f"{path}: a run folder must contain {STUDENT_FILE}; this one does not "
+                                  "(did the run finish? `facedistill distill --resume` continues it).")
+        summary_path = path / SUMMARY_FILE
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return ckpt, summary
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    sidecar = path.parent / SUMMARY_FILE
+    summary = {}
+    if path.name == STUDENT_FILE and sidecar.is_file():
+        summary = json.loads(sidecar.read_text())
+    return path, summary
+
+
+def load_backbone(path: str | Path, arch: str | None = None, embedding_size: int | None = None) -> LoadedBackbone:
+    """Load a backbone from a run folder or a state dict, in eval mode on the CPU."""
+    from facedistill.models import create_backbone, infer_arch, load_backbone_weights, load_state_dict_file
+
+    ckpt, summary = resolve_checkpoint(path)
+    state = load_state_dict_file(ckpt)
+    arch = arch or summary.get("student", {}).get("arch")
+    embedding_size = embedding_size or summary.get("student", {}).get("embedding_size")
+    if arch is None or embedding_size is None:
+        guess = infer_arch(state)
+        if guess is None:
+            raise CheckpointError(f"{ckpt}: cannot tell the architecture from the keys; pass --arch "
+                                  "(iresnet18/34/50/100 or mobilefacenet).")
+        arch = arch or guess[0]
+        embedding_size = embedding_size or guess[1]
+    model = create_backbone(arch, embedding_size=int(embedding_size))
+    load_backbone_weights(model, state, source=str(ckpt))
+    model.eval()
+    pre = Preprocessing(**summary["preprocessing"]) if "preprocessing" in summary else Preprocessing()
+    return LoadedBackbone(model=model, arch=arch, embedding_size=int(embedding_size), source=ckpt,
+                          preprocessing=pre, recipe_hash=summary.get("recipe_hash", ""), info=summary)
