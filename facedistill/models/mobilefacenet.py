@@ -1,0 +1,198 @@
+"""MobileFaceNet (arcface_torch ``mbf``) with arcface_torch's exact module names.
+
+Why: ``mbf`` is the usual distillation student and arcface_torch publishes ``mbf`` checkpoints;
+matching the names lets those load strictly and lets our students be read back by arcface_torch.
+
+Naming quirks kept on purpose (they are what the checkpoints contain):
+
+* every block wraps its modules in an inner ``layers`` Sequential, so keys look like
+  ``layers.3.layers.0.layers.1.layers.0.weight`` (stage 3 -> residual 0 -> depthwise conv -> conv);
+* the stem is ``layers.0`` / ``layers.1``, stages are ``layers.2`` .. ``layers.7``;
+* ``conv_sep`` is the 1x1 conv to 512 channels, ``features`` the GDC head
+  (``features.layers.0`` 7x7 depthwise + BN, ``.2`` Linear without bias, ``.3`` BatchNorm1d);
+* group counts are hard-coded (64 for the stem depthwise conv, 128/256/512 expansion widths)
+  and do *not* follow ``scale``, as in the original.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["MobileFaceNet", "get_mbf"]
+
+_Pair = tuple[int, int]
+
+
+class ConvBlock(nn.Module):
+    """Conv (no bias) + BN + PReLU."""
+
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: _Pair = (1, 1),
+        stride: _Pair = (1, 1),
+        padding: _Pair = (0, 0),
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_c),
+            nn.PReLU(out_c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class LinearBlock(nn.Module):
+    """Conv (no bias) + BN, no activation (linear bottleneck)."""
+
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        kernel: _Pair = (1, 1),
+        stride: _Pair = (1, 1),
+        padding: _Pair = (0, 0),
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
+            nn.BatchNorm2d(out_c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class DepthWise(nn.Module):
+    """Inverted bottleneck: 1x1 expand to ``groups`` channels, depthwise kxk, 1x1 linear project."""
+
+    def __init__(
+        self,
+        in_c: int,
+        out_c: int,
+        residual: bool = False,
+        kernel: _Pair = (3, 3),
+        stride: _Pair = (2, 2),
+        padding: _Pair = (1, 1),
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        self.residual = residual
+        self.layers = nn.Sequential(
+            ConvBlock(in_c, groups),
+            ConvBlock(groups, groups, kernel=kernel, stride=stride, padding=padding, groups=groups),
+            LinearBlock(groups, out_c),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(x)
+        return x + out if self.residual else out
+
+
+class Residual(nn.Module):
+    """``num_block`` stride-1 DepthWise blocks with identity shortcuts."""
+
+    def __init__(
+        self,
+        c: int,
+        num_block: int,
+        groups: int,
+        kernel: _Pair = (3, 3),
+        stride: _Pair = (1, 1),
+        padding: _Pair = (1, 1),
+    ) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            *[DepthWise(c, c, True, kernel, stride, padding, groups) for _ in range(num_block)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class GDC(nn.Module):
+    """Global depthwise conv head: 7x7 depthwise (no padding) -> flatten -> Linear -> BatchNorm1d."""
+
+    def __init__(self, embedding_size: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            LinearBlock(512, 512, kernel=(7, 7), stride=(1, 1), padding=(0, 0), groups=512),
+            nn.Flatten(1),
+            nn.Linear(512, embedding_size, bias=False),
+            nn.BatchNorm1d(embedding_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class MobileFaceNet(nn.Module):
+    """arcface_torch MobileFaceNet. ``fp16`` is accepted for signature compatibility and ignored
+    (the original autocasts the conv trunk to fp16 on CUDA; this project keeps fp32)."""
+
+    def __init__(
+        self,
+        fp16: bool = False,
+        num_features: int = 512,
+        blocks: Sequence[int] = (1, 4, 6, 2),
+        scale: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(blocks) != 4:
+            raise ValueError(f"MobileFaceNet needs 4 block counts, got {tuple(blocks)}")
+        del fp16
+        self.scale = scale
+        c1, c2 = 64 * scale, 128 * scale
+        self.layers = nn.ModuleList()
+        self.layers.append(ConvBlock(3, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
+        if blocks[0] == 1:
+            self.layers.append(ConvBlock(c1, c1, kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=64))
+        else:
+            self.layers.append(Residual(c1, num_block=blocks[0], groups=128))
+        self.layers.extend(
+            [
+                DepthWise(c1, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=128),
+                Residual(c1, num_block=blocks[1], groups=128),
+                DepthWise(c1, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=256),
+                Residual(c2, num_block=blocks[2], groups=256),
+                DepthWise(c2, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=512),
+                Residual(c2, num_block=blocks[3], groups=256),
+            ]
+        )
+        self.conv_sep = ConvBlock(c2, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0))
+        self.features = GDC(num_features)
+        self._initialize_weights()
+
+    def _initialize_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        x = self.conv_sep(x)
+        return self.features(x)
+
+
+def get_mbf(
+    fp16: bool = False,
+    num_features: int = 512,
+    blocks: Sequence[int] = (1, 4, 6, 2),
+    scale: int = 2,
+) -> MobileFaceNet:
+    """arcface_torch's ``get_mbf`` (its ``mbf`` config); embedding size ``num_features``."""
+    return MobileFaceNet(fp16, num_features, blocks, scale=scale)
