@@ -95,6 +95,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # CUDA only; ignored on CPU
     compile: bool = False
+    channels_last: bool = True  # NHWC activations: ~3x faster grouped-conv training on CPU
     threads: Optional[int] = None  # torch intra-op threads on CPU
     checkpoint_every: int = 200  # steps
     eval_every: int = 0  # steps; 0 = at the end of each epoch
@@ -164,14 +165,9 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
             raise RecipeError(f"{where}: `teacher.checkpoint` is required when `teacher.type` is torch")
         if t.arch is not None:
             _choice(t.arch, aliases, "teacher.arch", where)
-        if check_files and not Path(t.checkpoint).exists():
-            raise RecipeError(f"{where}: `teacher.checkpoint` {t.checkpoint} does not exist")
     if t.type == "onnx":
         if not t.onnx:
             raise RecipeError(f"{where}: `teacher.onnx` is required when `teacher.type` is onnx")
-        if check_files and not Path(t.onnx).is_file():
-            raise RecipeError(f"{where}: `teacher.onnx` {t.onnx} does not exist "
-                              "(see `facedistill prepare teacher --help` to get one)")
     m = recipe.loss.margin
     _choice(m.type, ("arcface", "cosface", "none"), "loss.margin.type", where)
     if m.weight < 0 or m.scale <= 0:
@@ -193,6 +189,11 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `optim.lr` must be positive")
     if o.grad_clip is not None and o.grad_clip <= 0:
         raise RecipeError(f"{where}: `optim.grad_clip` must be positive or null")
+    if check_files and t.type == "torch" and not Path(t.checkpoint).exists():
+        raise RecipeError(f"{where}: `teacher.checkpoint` {t.checkpoint} does not exist")
+    if check_files and t.type == "onnx" and not Path(t.onnx).is_file():
+        raise RecipeError(f"{where}: `teacher.onnx` {t.onnx} does not exist "
+                          "(see `facedistill prepare teacher --help` to get one)")
     tr = recipe.train
     _choice(tr.device, ("auto", "cpu", "cuda"), "train.device", where)
     if tr.epochs <= 0:

@@ -35,6 +35,10 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "iresnet50": lambda emb: iresnet50(num_features=emb),
     "iresnet100": lambda emb: iresnet100(num_features=emb),
     "mobilefacenet": lambda emb: get_mbf(False, emb),
+    # The original MobileFaceNet width (scale 1, 1.0 M params): arcface_torch's get_mbf(scale=1),
+    # same parameter names. About 4x cheaper to train on a CPU than mbf (scale 2), whose grouped
+    # (not depthwise) convolutions are slow in PyTorch's CPU backward.
+    "mobilefacenet_s": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1),
 }
 
 # arcface_torch's config names (``network = "r50"``) map to the canonical names.
@@ -188,6 +192,8 @@ def infer_arch(state_dict: Mapping[str, Any]) -> tuple[str, int] | None:
     mbf = _mbf_config(state)
     if mbf is not None and mbf == (_MBF_BLOCKS, _MBF_SCALE):
         return "mobilefacenet", emb
+    if mbf is not None and mbf == (_MBF_BLOCKS, 1):
+        return "mobilefacenet_s", emb
     return None
 
 

@@ -1,0 +1,170 @@
+"""Frozen teachers: a torch backbone with a checkpoint, or any ONNX face model through onnxruntime.
+
+A teacher maps a uint8 RGB batch (N, 3, H, W) to raw float32 embeddings (N, D). It carries its own
+preprocessing (mean, std, channel order, input size) and a ``fingerprint`` (hash of its weights and
+preprocessing) that keys the teacher-embedding cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from facedistill.errors import CheckpointError, FaceDistillError
+
+
+@dataclass
+class TeacherPreprocessing:
+    mean: float = 127.5
+    std: float = 127.5
+    channel_order: str = "RGB"
+    input_size: int = 112
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) RGB -> float32 model input."""
+        x = x.float()
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return (x - self.mean) / self.std
+
+
+class Teacher(Protocol):
+    embedding_size: int
+    fingerprint: str
+    description: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(weights_hash: str, pre: TeacherPreprocessing, extra: dict[str, Any]) -> str:
+    blob = json.dumps({"weights": weights_hash, "pre": pre.__dict__, **extra}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class TorchTeacher:
+    """A frozen torch backbone (eval mode, no gradients)."""
+
+    def __init__(self, model: torch.nn.Module, preprocessing: TeacherPreprocessing, fingerprint: str,
+                 description: str, device: torch.device | str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.pre = preprocessing
+        self.device = torch.device(device)
+        self.fingerprint = fingerprint
+        self.description = description
+        with torch.no_grad():
+            dummy = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size, dtype=torch.uint8)
+            self.embedding_size = int(self(dummy).shape[1])
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.pre.apply(images.to(self.device))).float()
+
+
+class OnnxTeacher:
+    """Any ONNX face model as a frozen teacher, run with onnxruntime on the CPU.
+
+    Real files are messy: models whose graph still lists stale weight names as inputs, or whose
+    weights are block-quantized ``DequantizeLinear`` constants (OpenCV Zoo's SFace), are repaired in
+    memory (constants folded to fp32, stale inputs removed) before the session is created.
+    """
+
+    def __init__(self, path: str | Path, preprocessing: TeacherPreprocessing, threads: int | None = None) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FaceDistillError(f"{self.path}: ONNX teacher not found")
+        try:
+            model = onnx.load(str(self.path))
+        except Exception as e:  # noqa: BLE001 - onnx raises several types for corrupt files
+            raise FaceDistillError(f"{self.path}: not a readable ONNX model ({e})") from e
+        initializers = {i.name for i in model.graph.initializer}
+        real_inputs = [i for i in model.graph.input if i.name not in initializers]
+        needs_repair = (len(model.graph.input) != len(real_inputs)
+                        or any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+                        or len(real_inputs) != 1)
+        self.repaired = False
+        if needs_repair:
+            from facedistill.utils.onnx_repair import repair_model
+
+            repair_model(model)
+            self.repaired = True
+        if len(model.graph.input) != 1:
+            names = [i.name for i in model.graph.input]
+            raise FaceDistillError(f"{self.path}: a face teacher must have one image input, this one has {names}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        shape = inp.shape
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        if isinstance(shape[2], int) and shape[2] != preprocessing.input_size:
+            preprocessing = TeacherPreprocessing(preprocessing.mean, preprocessing.std,
+                                                 preprocessing.channel_order, int(shape[2]))
+        self.pre = preprocessing
+        self.fingerprint = _fingerprint(_file_hash(self.path), preprocessing, {"kind": "onnx"})
+        self.description = f"onnx:{self.path.name}"
+        dummy = torch.zeros(1, 3, self.pre.input_size, self.pre.input_size, dtype=torch.uint8)
+        out = self(dummy)
+        self.embedding_size = int(out.shape[1])
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: x})[0]
+        return out.reshape(out.shape[0], -1)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.pre.apply(images.cpu()).numpy()
+        if self.fixed_batch and self.fixed_batch != x.shape[0]:
+            outs = [self._run(x[i:i + 1]) for i in range(x.shape[0])] if self.fixed_batch == 1 else None
+            if outs is None:
+                raise FaceDistillError(f"{self.path}: fixed batch {self.fixed_batch} is not supported; "
+                                       "export the teacher with a dynamic batch or batch 1")
+            out = np.concatenate(outs)
+        else:
+            out = self._run(x)
+        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def build_teacher(cfg: Any, device: torch.device | str = "cpu") -> TorchTeacher | OnnxTeacher | None:
+    """Create the teacher described by a recipe's ``teacher`` section (None when type is none)."""
+    pre = TeacherPreprocessing(cfg.mean, cfg.std, cfg.channel_order, cfg.input_size)
+    if cfg.type == "none":
+        return None
+    if cfg.type == "onnx":
+        teacher = OnnxTeacher(cfg.onnx, pre)
+    else:
+        from facedistill.engine.artifacts import load_backbone
+
+        try:
+            loaded = load_backbone(cfg.checkpoint, arch=cfg.arch, embedding_size=cfg.embedding_size)
+        except CheckpointError as e:
+            raise CheckpointError(f"teacher.checkpoint: {e}") from None
+        fp = _fingerprint(_file_hash(loaded.source), pre, {"kind": "torch", "arch": loaded.arch})
+        teacher = TorchTeacher(loaded.model, pre, fp, f"{loaded.arch}:{loaded.source}", device)
+    if cfg.embedding_size is not None and teacher.embedding_size != cfg.embedding_size:
+        raise FaceDistillError(f"teacher.embedding_size is {cfg.embedding_size} but the teacher outputs "
+                               f"{teacher.embedding_size}-d embeddings; fix or remove the key")
+    return teacher

@@ -1,0 +1,131 @@
+"""Recipes: typed loading, extends, overrides, and errors that name the file and key path."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from facedistill.config import load_recipe
+from facedistill.config.recipe import Recipe
+from facedistill.errors import RecipeError
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def write(tmp_path: Path, name: str, data) -> Path:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_and_types(tmp_path):
+    path = write(tmp_path, "r.yaml", {"name": "x", "train": {"epochs": 3}, "optim": {"lr": 1},
+                                      "loss": {"distill": {"type": "none"}}})
+    r = load_recipe(path)
+    assert isinstance(r, Recipe)
+    assert r.train.epochs == 3.0 and isinstance(r.train.epochs, float)
+    assert r.optim.lr == 1.0
+    assert r.loss.distill.type == "none" and r.student.arch == "mobilefacenet"
+
+
+def test_unknown_key_names_file_path_and_close_key(tmp_path):
+    path = write(tmp_path, "r.yaml", {"train": {"epocs": 3}, "loss": {"distill": {"type": "none"}}})
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    msg = str(e.value)
+    assert str(path) in msg and "train.epocs" in msg and "train.epochs" in msg
+
+
+def test_unknown_nested_loss_key(tmp_path):
+    path = write(tmp_path, "r.yaml", {"loss": {"distill": {"iled": {"roh": 0.3}}}})
+    with pytest.raises(RecipeError, match=r"loss\.distill\.iled\.roh.*loss\.distill\.iled\.rho"):
+        load_recipe(path, check_files=False)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = write(tmp_path, "r.yaml", {"data": {"batch_size": "big"}, "loss": {"distill": {"type": "none"}}})
+    with pytest.raises(RecipeError, match=r"data\.batch_size.*int"):
+        load_recipe(path)
+    path = write(tmp_path, "r2.yaml", {"data": {"batch_size": True}, "loss": {"distill": {"type": "none"}}})
+    with pytest.raises(RecipeError, match=r"data\.batch_size"):
+        load_recipe(path)
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: a\ntrain: {epochs: [1,\n")
+    with pytest.raises(RecipeError, match=r"line \d+"):
+        load_recipe(path)
+
+
+def test_yaml_tags_cannot_run_code(tmp_path):
+    path = write(tmp_path, "r.yaml", "name: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(RecipeError):
+        load_recipe(path)
+
+
+def test_extends_merges_and_child_wins(tmp_path):
+    write(tmp_path, "base.yaml", {"name": "base", "train": {"epochs": 5, "seed": 3},
+                                  "loss": {"distill": {"type": "none"}}})
+    child = write(tmp_path, "child.yaml", {"extends": "base.yaml", "train": {"epochs": 2}})
+    r = load_recipe(child)
+    assert r.name == "base" and r.train.epochs == 2 and r.train.seed == 3
+
+
+def test_extends_cycle(tmp_path):
+    write(tmp_path, "a.yaml", {"extends": "b.yaml"})
+    b = write(tmp_path, "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(RecipeError, match="cycle"):
+        load_recipe(b)
+
+
+def test_set_overrides(tmp_path):
+    path = write(tmp_path, "r.yaml", {"loss": {"distill": {"type": "none"}}})
+    r = load_recipe(path, ["train.epochs=7", "optim.optimizer=adamw", "data.val=null"])
+    assert r.train.epochs == 7 and r.optim.optimizer == "adamw" and r.data.val is None
+    with pytest.raises(RecipeError, match="train.epohcs"):
+        load_recipe(path, ["train.epohcs=1"])
+    with pytest.raises(RecipeError, match="KEY.PATH=VALUE"):
+        load_recipe(path, ["train.epochs"])
+
+
+def test_semantic_errors_name_the_key(tmp_path):
+    cases = [
+        ({"loss": {"distill": {"type": "unifed"}}, "teacher": {"type": "onnx", "onnx": "x.onnx"}},
+         r"loss\.distill\.type.*unified"),
+        ({"loss": {"distill": {"lambda_iled": -1.0}}, "teacher": {"type": "onnx", "onnx": "x.onnx"}},
+         r"lambda_iled"),
+        ({"loss": {"distill": {"type": "unified"}}}, r"teacher\.type"),
+        ({"teacher": {"type": "torch", "checkpoint": "missing.pt"}}, r"teacher\.checkpoint.*does not exist"),
+        ({"student": {"arch": "iresnet19"}, "loss": {"distill": {"type": "none"}}}, r"student\.arch.*iresnet18"),
+        ({"optim": {"optimizer": "adam"}, "loss": {"distill": {"type": "none"}}}, r"optim\.optimizer"),
+    ]
+    for i, (data, pattern) in enumerate(cases):
+        path = write(tmp_path, f"r{i}.yaml", data)
+        with pytest.raises(RecipeError, match=pattern):
+            load_recipe(path, check_files=True)
+
+
+def test_hash_ignores_name_and_tracks_content(tmp_path):
+    a = load_recipe(write(tmp_path, "a.yaml", {"name": "a", "loss": {"distill": {"type": "none"}}}))
+    b = load_recipe(write(tmp_path, "b.yaml", {"name": "b", "loss": {"distill": {"type": "none"}}}))
+    c = load_recipe(write(tmp_path, "c.yaml", {"name": "a", "train": {"seed": 1}, "loss": {"distill": {"type": "none"}}}))
+    assert a.hash() == b.hash() != c.hash()
+    assert yaml.safe_load(a.to_yaml())["name"] == "a"
+
+
+@pytest.mark.parametrize("path", sorted(RECIPES.rglob("*.yaml")), ids=lambda p: str(p.relative_to(RECIPES)))
+def test_shipped_recipes_load(path):
+    r = load_recipe(path, check_files=False)
+    assert r.name
+
+
+def test_student_recipes_differ_only_in_loss():
+    base = None
+    for path in sorted((RECIPES / "quickstart").glob("*.yaml")):
+        if path.stem in ("base", "teacher"):
+            continue
+        d = load_recipe(path, check_files=False).to_dict()
+        d.pop("name")
+        d["loss"].pop("distill")
+        base = base or d
+        assert d == base, path
