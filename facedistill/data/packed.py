@@ -245,7 +245,9 @@ class PackedDataset:
                     arr = np.load(path, mmap_mode="r")
                 except (OSError, ValueError) as e:
                     raise DataError(f"{path}: unreadable shard ({e}); re-run prepare.") from e
-                arrays.append(arr)
+                # a plain ndarray view of the same mapping: indexing a np.memmap runs Python code
+                # (__array_finalize__) on every slice, ~12% of the per-image cost of __getitem__
+                arrays.append(arr.view(np.ndarray))
             self._shards = _Shards(arrays, self._starts)
         return self._shards
 
