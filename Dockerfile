@@ -1,0 +1,64 @@
+# syntax=docker/dockerfile:1
+# facedistill images, multi-arch (linux/amd64, linux/arm64):
+#   runtime (default)  slim, no torch: `evaluate` and `benchmark` ONNX models on an edge box
+#   full               + PyTorch CPU: distill, export, everything
+#
+#   docker buildx build --platform linux/amd64,linux/arm64 --target runtime -t facedistill:runtime .
+#   docker run --rm -v "$PWD/models:/models:ro" -v "$PWD/results:/results" facedistill:runtime \
+#       benchmark /models/student_int8.onnx --batch 1,8 --json /results/bench.json
+#
+# What each image installs lives in docker/install.sh (CI runs the same script). See docs/deploy.md.
+
+ARG PYTHON_VERSION=3.11
+ARG DEBIAN_RELEASE=bookworm
+
+# --- facedistill wheel: pure Python, so build it once on the build machine's own platform --------
+FROM --platform=$BUILDPLATFORM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS wheel
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY facedistill ./facedistill
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
+
+# --- runtime environment, for the target platform: binary wheels only, nothing is compiled -------
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime-build
+# Empty = the versions pinned in docker/install.sh (RUN sees build args as environment variables)
+ARG ORT_VERSION=""
+ARG NUMPY_VERSION=""
+COPY docker/install.sh /tmp/install.sh
+COPY --from=wheel /dist /dist
+RUN bash /tmp/install.sh runtime --venv /opt/venv --src /dist
+
+# --- full environment: PyTorch CPU wheels; the non-slim image has compilers if a sdist needs them -
+FROM python:${PYTHON_VERSION}-${DEBIAN_RELEASE} AS full-build
+ARG ORT_VERSION=""
+ARG NUMPY_VERSION=""
+ARG TORCH_VERSION=""
+COPY docker/install.sh /tmp/install.sh
+COPY --from=wheel /dist /dist
+RUN bash /tmp/install.sh full --venv /opt/venv --src /dist
+
+# --- what both final images share: slim Python, a non-root user, /models and /results -----------
+FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS base
+LABEL org.opencontainers.image.title="facedistill" \
+      org.opencontainers.image.description="Distill face-recognition models, export to ONNX, benchmark on edge boxes" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    FACEDISTILL_IN_CONTAINER=1
+RUN useradd --create-home --uid 10001 --user-group --shell /usr/sbin/nologin facedistill \
+    && mkdir -p /models /results \
+    && chown facedistill:facedistill /models /results
+WORKDIR /results
+VOLUME ["/models", "/results"]
+ENTRYPOINT ["facedistill"]
+CMD ["--help"]
+
+FROM base AS full
+COPY --from=full-build /opt/venv /opt/venv
+USER 10001:10001
+
+# --- runtime is the last stage, so a plain `docker build .` gives the slim edge image ------------
+FROM base AS runtime
+COPY --from=runtime-build /opt/venv /opt/venv
+USER 10001:10001

