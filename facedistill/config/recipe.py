@@ -97,6 +97,7 @@ class TrainConfig:
     compile: bool = False
     channels_last: bool = True  # NHWC activations: ~3x faster grouped-conv training on CPU
     threads: Optional[int] = None  # torch intra-op threads on CPU
+    precise_bn_images: int = 512  # re-estimate BatchNorm stats on this many images before eval/save
     checkpoint_every: int = 200  # steps
     eval_every: int = 0  # steps; 0 = at the end of each epoch
     log_every: int = 10  # steps

@@ -16,6 +16,7 @@ What it guarantees:
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -322,6 +323,12 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                 "recipe_hash": cfg.hash(), "facedistill_version": __version__}
 
+    def recalibrate(model: nn.Module) -> None:
+        from facedistill.engine.precise_bn import recompute_bn_stats
+
+        recompute_bn_stats(model, train_set, cfg.train.precise_bn_images, cfg.data.batch_size, normalise,
+                           device, seed=cfg.train.seed, memory_format=memory_format)
+
     def evaluate_now() -> dict[str, float]:
         from facedistill.evaluation.embedders import Preprocess, TorchEmbedder, embed_images
         from facedistill.evaluation.protocol import pair_scores, verification_metrics
@@ -329,9 +336,10 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
         assert val_set is not None and val_set.pairs is not None
         pairs = val_set.pairs if not cfg.data.val_max_pairs else val_set.pairs[: cfg.data.val_max_pairs]
         used = np.unique(pairs[:, :2])
-        student.eval()
-        emb = embed_images(TorchEmbedder(student, Preprocess(), device=str(device)), val_set.images(used))
-        student.train()
+        model = copy.deepcopy(student)  # precise BN on a copy: training keeps its own statistics
+        recalibrate(model)
+        model.eval()
+        emb = embed_images(TorchEmbedder(model, Preprocess(), device=str(device)), val_set.images(used))
         where = {int(i): k for k, i in enumerate(used)}
         a = emb[[where[int(i)] for i in pairs[:, 0]]]
         b = emb[[where[int(i)] for i in pairs[:, 1]]]
@@ -346,7 +354,6 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
     start_time = time.time()
     images_seen = 0
     last_val: dict[str, float] = {}
-    saved_step = step if resume else -1
     metrics_file = open(metrics_path, "a") if dist.is_main else None
     try:
         while step < total_steps:
@@ -415,10 +422,9 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
                 if metrics_file and (step % cfg.train.log_every == 0 or do_eval or step == total_steps):
                     metrics_file.write(json.dumps(row) + "\n")
                     metrics_file.flush()
-                if dist.is_main and (step % cfg.train.checkpoint_every == 0 or step == total_steps):
+                if dist.is_main and step % cfg.train.checkpoint_every == 0 and step < total_steps:
                     _save_checkpoint(ckpt_path, checkpoint_state())
                     _save_student(run_dir / STUDENT_FILE, student)
-                    saved_step = step
     finally:
         if metrics_file:
             metrics_file.close()
@@ -429,9 +435,9 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
     if dist.is_main:
         from facedistill.models import count_parameters
 
-        if saved_step != step:
-            _save_checkpoint(ckpt_path, checkpoint_state())
-            _save_student(run_dir / STUDENT_FILE, student)
+        recalibrate(student)  # the saved student carries BatchNorm stats of its final weights
+        _save_checkpoint(ckpt_path, checkpoint_state())
+        _save_student(run_dir / STUDENT_FILE, student)
         summary = {
             "name": cfg.name,
             "run_dir": str(run_dir),

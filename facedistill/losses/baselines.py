@@ -80,7 +80,9 @@ def _triplet_cosines(x: Tensor) -> tuple[Tensor, Tensor]:
     den = d.T.unsqueeze(2) * d.T.unsqueeze(1)  # d[i, j] * d[k, j] at [j, i, k]
     eye = torch.eye(b, dtype=torch.bool, device=x.device)
     valid = ~(eye.unsqueeze(2) | eye.unsqueeze(1) | eye.unsqueeze(0))  # j!=i, j!=k, i!=k
-    cos = num / torch.where(valid, den, torch.ones_like(den))
+    # Clamped: with near-identical embeddings the gram-based numerator loses precision in fp32 and
+    # the ratio can leave [-1, 1] by orders of magnitude (seen with a collapsed teacher).
+    cos = (num / torch.where(valid, den, torch.ones_like(den))).clamp(-1.0, 1.0)
     return cos, valid
 
 

@@ -1,0 +1,75 @@
+"""The benchmark scripts run end to end at the tiniest sizes (subprocesses, as a user runs them).
+
+``benchmarks/kd_ablation.py``: two types, one seed, a few steps each; a second invocation reuses every
+finished run. ``benchmarks/teacher_cache.py``: an iresnet18 teacher, a tiny student, two steps.
+The numbers are meaningless at these sizes; only that the scripts work is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks"
+
+
+def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # One torch thread: tiny batches gain nothing from more, and a busy machine is not oversubscribed.
+    env = {**os.environ, "COLUMNS": "160", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / name), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{name} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc
+
+
+def test_kd_ablation_tiny_runs_and_resumes(tmp_path):
+    work = tmp_path / "kd"
+    out = tmp_path / "kd.json"
+    tiny = ["--workdir", str(work), "--types", "none,unified", "--seeds", "0", "--identities", "8",
+            "--images-per-identity", "4", "--val-identities", "20", "--val-images-per-identity", "2",
+            "--val-pairs", "100", "--teacher-epochs", "1", "--student-epochs", "1", "--batch-size", "8",
+            "--teacher-set", "student.arch=mobilefacenet_s", "--teacher-set", "student.embedding_size=64",
+            "--teacher-set", "data.workers=0", "--set", "student.embedding_size=32", "--set", "data.workers=0",
+            "--set", "loss.distill.rpsd.bank_size=16", "--set", "loss.distill.rpsd.hard_negatives=4"]
+    proc = run_script("kd_ablation.py", *tiny, "--json", str(out))
+    assert "KD ablation" in proc.stdout
+    for row in ("teacher", "none", "unified"):
+        assert row in proc.stdout
+    result = json.loads(out.read_text())
+    assert [r["type"] for r in result["rows"]] == ["none", "unified"]
+    assert {(r["type"], r["seed"], r["how"]) for r in result["runs"]} == {("none", 0, "trained"),
+                                                                           ("unified", 0, "trained")}
+    for r in result["rows"]:
+        assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["accuracy_std"] == 0.0 and r["wall_time_mean_s"] > 0
+    assert result["rows"][0]["delta_vs_none"] == 0.0
+    assert 0.0 <= result["teacher"]["accuracy"] <= 1.0
+    assert (work / "kd_ablation.png").stat().st_size > 0
+    assert (work / "kd_ablation.json").is_file()
+    assert (work / "none-s0" / "summary.json").is_file() and (work / "unified-s0" / "summary.json").is_file()
+
+    # Run again: every finished run is reused (nothing trained), results from the run summaries.
+    proc = run_script("kd_ablation.py", *tiny, "--accuracy", "summary", "--no-plot", "--json", str(out))
+    assert "teacher: reusing" in proc.stderr
+    result = json.loads(out.read_text())
+    assert {r["how"] for r in result["runs"]} == {"reused"}
+    assert result["accuracy_source"].startswith("run summaries")
+
+
+def test_teacher_cache_tiny(tmp_path):
+    out = tmp_path / "cache.json"
+    proc = run_script("teacher_cache.py", "--teacher-arch", "iresnet18", "--student-arch", "mobilefacenet_s",
+                      "--student-embedding-size", "32", "--steps", "2", "--warmup", "1", "--batch-size", "4",
+                      "--images", "8", "--workdir", str(tmp_path / "work"), "--json", str(out))
+    assert "RANDOMLY INITIALISED iresnet18" in proc.stderr
+    assert "online (teacher.cache: false)" in proc.stdout and "cached (teacher.cache: true)" in proc.stdout
+    assert "cache build:" in proc.stdout and "ratio cached/online:" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["online"]["timed_steps"] == 2 and result["cached"]["timed_steps"] == 2
+    assert result["online"]["teacher_cached"] is False and result["cached"]["teacher_cached"] is True
+    assert result["online"]["images_per_s"] > 0 and result["cached"]["images_per_s"] > 0
+    assert result["cache_build_s"] > 0 and result["ratio"] > 0
+    assert Path(result["cache_file"]).is_file()
