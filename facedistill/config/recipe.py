@@ -99,7 +99,7 @@ class TrainConfig:
     threads: Optional[int] = None  # torch intra-op threads on CPU
     precise_bn_images: int = 512  # re-estimate BatchNorm stats on this many images before eval/save
     checkpoint_every: int = 200  # steps
-    eval_every: int = 0  # steps; 0 = at the end of each epoch
+    eval_every: int = 0  # steps; 0 = at the end of each epoch; -1 = only at the end of the run
     log_every: int = 10  # steps
 
 
@@ -199,8 +199,8 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
     _choice(tr.device, ("auto", "cpu", "cuda"), "train.device", where)
     if tr.epochs <= 0:
         raise RecipeError(f"{where}: `train.epochs` must be positive")
-    if tr.checkpoint_every < 1 or tr.log_every < 1 or tr.eval_every < 0:
-        raise RecipeError(f"{where}: `train.checkpoint_every`/`log_every` must be >= 1, `eval_every` >= 0")
+    if tr.checkpoint_every < 1 or tr.log_every < 1 or tr.eval_every < -1:
+        raise RecipeError(f"{where}: `train.checkpoint_every`/`log_every` must be >= 1, `eval_every` >= -1")
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:

@@ -413,8 +413,8 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
                 monitor.train_step(step, row)
                 at_epoch_end = step % steps_per_epoch == 0
                 do_eval = val_set is not None and dist.is_main and (
-                    (cfg.train.eval_every and step % cfg.train.eval_every == 0)
-                    or (not cfg.train.eval_every and at_epoch_end) or step == total_steps)
+                    (cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0)
+                    or (cfg.train.eval_every == 0 and at_epoch_end) or step == total_steps)
                 if do_eval:
                     last_val = evaluate_now()
                     row.update(last_val)
