@@ -99,7 +99,7 @@ def distill(
     Without a teacher (teacher.type: none) the same engine trains a teacher from labels.
     Outputs: runs/<name>/ with recipe.yaml, student.pt, checkpoint.pt, metrics.jsonl, plots/, summary.json.
 
-    Example: facedistill distill recipes/quickstart_student.yaml --set train.epochs=2
+    Example: facedistill distill recipes/quickstart/unified.yaml --set train.epochs=2
     """
     from facedistill.config import load_recipe
     from facedistill.engine.trainer import train

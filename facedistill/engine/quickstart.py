@@ -35,7 +35,7 @@ class QuickstartSize:
 
 # "default" is calibrated to finish in under 10 minutes on 2 CPU cores; "tiny" is for tests.
 SIZES: dict[str, QuickstartSize] = {
-    "default": QuickstartSize(80, 12, 80, 4, 600, teacher_epochs=3, student_epochs=1.5, difficulty=0.6),
+    "default": QuickstartSize(80, 10, 80, 4, 600, teacher_epochs=3, student_epochs=1.5, difficulty=0.6),
     "tiny": QuickstartSize(8, 4, 20, 2, 100, teacher_epochs=1, student_epochs=1, difficulty=0.6,
                           batch_size=8),
 }
