@@ -1,0 +1,613 @@
+"""int8 export: onnxruntime static quantization (QDQ, per-channel weights) of a face backbone.
+
+Pipeline (:func:`quantize_int8`)::
+
+    fp32 ONNX (simplified, dynamic batch, opset <= 20)
+      -> quant_pre_process   symbolic shape inference + onnxruntime's basic graph optimisation
+                             (Conv+BatchNorm folding; the pre-activation BN of IResNet blocks sits
+                             before a padded conv and cannot be folded exactly, so it stays)
+      -> PReLU rewrite       ``s*x + (1-s)*relu(x)`` (``prelu="linear"``, exact), see below
+      -> quantize_static     QDQ, symmetric int8 per-channel weights, uint8 activations,
+                             calibration on real face images (MinMax by default; Entropy and
+                             Percentile selectable), nodes of the parts in ``keep_float`` excluded
+      -> compact storage     weights of the excluded (float) layers: the head's Linear as
+                             weight-only int8, convs as fp16 + Cast (``kept_float_weights``);
+                             tensor/node names compacted
+
+Defaults, and why (measured; reproduce with ``benchmarks/int8_export.py --prelu-sweep``):
+
+* onnxruntime has no quantized PReLU, and its fp32 ``PRelu`` kernel is slow: in a per-op profile of
+  the fp32 MobileFaceNet (1 thread, batch 1) the 33 PRelu nodes took 61% of the time (24.9 of 40.9 ms).
+  ``rewrite_prelu(..., "linear")`` replaces each by Mul/Relu/Mul/Add, exact for any per-channel
+  slope; in float those become fused NCHWc ops (the fp32 model alone gets 2.35x faster), in int8
+  QLinearMul/QLinearAdd (every op between convs stays int8). ``relu`` (``relu(x) - s*relu(-x)``)
+  leaves a float Neg; ``qdq`` and ``float`` leave DQ -> PRelu(fp32) -> Q, slower than fp32 itself.
+* onnxruntime's int8 depthwise conv (QLinearConv, group > 1) is ~4x slower on this x86 CPU than its
+  fp32 NCHWc depthwise conv (14.5 vs 3.8 ms for MobileFaceNet's), while dense/1x1 QLinearConvs are
+  2.5-3x faster than fp32. So depthwise convs stay float (``"depthwise"``), and so do the rewritten
+  PReLUs around them (``"prelu"``): fewer Q/DQ hops, and the most accurate variant measured.
+* uint8 activations (U8S8): with int8 activations onnxruntime left most convs in float behind
+  Transposes and ran slower (20.5 vs 16.3 ms); ``activations="int8"`` remains available.
+* ``keep_float`` default ``("stem", "head", "depthwise", "prelu")``: the first conv (+ input
+  normalisation) and the embedding head (global 1x1 conv, Flatten, Linear, BN1d) stay float as the
+  issue asks. Their weights are stored compactly (``kept_float_weights="compact"``): the Linear as
+  weight-only int8 (cosine to fp32 unchanged to 4 decimals on SFace), conv weights as fp16 + Cast.
+  Not int8 + DequantizeLinear for convs: onnxruntime does not fold a DQ in a QDQ model, the conv then
+  loses its pre-packed NCHWc weights, and MobileFaceNet ran ~40% slower; the Cast is folded at load
+  (measured: 11.7 ms compact vs 11.8 ms fp32-kept weights, 2.33 vs 3.23 MB).
+
+MobileFaceNet (random init, BatchNorm statistics from synthetic faces), onnxruntime 1.32, 1 thread,
+batch 1, interleaved timing on this 2-core AVX512-VNNI Xeon shared with other jobs (load 4-6, so
++-15%); cosine = mean per-image cosine to fp32 on 256 synthetic faces::
+
+    graph                                      MB    b1 ms   x fp32   cosine
+    fp32 as exported (PRelu)                  8.21   28.6     1.00    1
+    fp32, PReLU linear rewrite                8.30   12.2     2.35    1
+    int8 PReLU float, stem+head float         2.27   37.3     0.77    0.799
+    int8 PReLU qdq,   stem+head float         2.26   36.0     0.79    0.799
+    int8 PReLU relu,  stem+head float         2.29   19.1     1.50    0.788
+    int8 PReLU linear, stem+head float        2.30   18.0     1.59    0.799
+    int8 PReLU linear, all int8               2.30   18.1     1.58    0.762
+    int8 linear, + depthwise float            2.36   10.5     2.71    0.862
+    int8 default (+ PReLU float)              2.38   10.4     2.75    0.878   (dw conv weights fp32)
+    int8 default, compact kept weights        2.33   11.7     2.70    -       (separate run: fp32 31.5 ms)
+
+A random network amplifies quantisation noise (hence the low cosines); on a *trained* PReLU
+MobileNet-style face model (OpenCV Zoo's SFace, fp32-folded, LFW folds 1-2, 1200 pairs, calibrated
+on 300 LFW images): fp32 99.25%; int8 PReLU-float 99.33% (cos 0.991); all-int8 linear 99.17% (cos
+0.983); default 99.33% (cos 0.996) -- every variant within one pair of fp32. On SFace (wide 1x1
+convs up to 1024 channels) the all-int8 graph was the fastest (14.0 vs 23.0 ms fp32) and the
+depthwise-float default slower (16.8 ms with fp32 kept weights; 25.4 ms when all kept weights were
+int8 + DequantizeLinear, before the fp16 conv storage): the defaults are tuned for MobileFaceNet, other
+architectures should be swept (``--int8-keep-float stem,head`` gives the all-int8 trunk). ARM
+targets have no NCHWc fp32 kernels; sweep on the device there.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from facedistill.errors import ExportError
+
+__all__ = [
+    "CALIB_METHODS",
+    "DEFAULT_PRELU_MODE",
+    "MAX_INT8_OPSET",
+    "PRELU_MODES",
+    "Int8Options",
+    "QuantizeResult",
+    "compact_names",
+    "find_depthwise_nodes",
+    "find_head_nodes",
+    "find_stem_nodes",
+    "optimized_op_counts",
+    "quantize_int8",
+    "quantize_weights_only",
+    "rewrite_prelu",
+]
+
+PRELU_MODES: tuple[str, ...] = ("float", "qdq", "relu", "linear")
+DEFAULT_PRELU_MODE = "linear"
+CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+ACTIVATION_TYPES: tuple[str, ...] = ("uint8", "int8")
+KNOWN_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
+# What stays float by default: measured fastest *and* most accurate on x86 (see the module docstring).
+KEEP_FLOAT_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
+# onnxruntime's static quantizer handles the default ONNX domain up to this opset.
+MAX_INT8_OPSET = 20
+
+
+@dataclass
+class Int8Options:
+    """Settings of :func:`quantize_int8` (all have CLI flags)."""
+
+    method: str = "minmax"
+    prelu: str = DEFAULT_PRELU_MODE
+    keep_float: tuple[str, ...] = KEEP_FLOAT_PARTS  # parts (KNOWN_PARTS) and/or node names
+    per_channel: bool = True
+    activations: str = "uint8"
+    percentile: float = 99.999
+    calib_batch: int = 16
+    # Weights of the nodes kept in float: "compact" stores the head's Linear as weight-only int8 and
+    # conv weights as float16 (see quantize_weights_only; compute stays float, the file shrinks);
+    # "fp32" leaves them as they are.
+    kept_float_weights: str = "compact"
+    # Rename the int8 graph's tensors and nodes to short ids (t12, n34): QDQ graphs repeat long
+    # layer-path names thousands of times (~10% of a MobileFaceNet int8 file). Inputs/outputs keep
+    # their names; the fp32 file keeps the layer names for debugging.
+    compact_names: bool = True
+
+    def validate(self) -> "Int8Options":
+        if self.method not in CALIB_METHODS:
+            raise ExportError(f"calibration method must be one of {', '.join(CALIB_METHODS)}, got {self.method!r}")
+        if self.prelu not in PRELU_MODES:
+            raise ExportError(f"PReLU mode must be one of {', '.join(PRELU_MODES)}, got {self.prelu!r}")
+        if self.activations not in ACTIVATION_TYPES:
+            raise ExportError(f"activation type must be one of {', '.join(ACTIVATION_TYPES)}, got {self.activations!r}")
+        if not (50.0 < float(self.percentile) <= 100.0):
+            raise ExportError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.kept_float_weights not in ("compact", "fp32"):
+            raise ExportError(f"kept weights must be 'compact' or 'fp32', got {self.kept_float_weights!r}")
+        if self.calib_batch < 1:
+            raise ExportError("calibration batch must be >= 1")
+        self.keep_float = tuple(str(k).strip() for k in self.keep_float if str(k).strip() and str(k) != "none")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep_float"] = list(self.keep_float)
+        return d
+
+
+@dataclass
+class QuantizeResult:
+    """What :func:`quantize_int8` did."""
+
+    prelu_mode: str
+    prelu_count: int
+    excluded_nodes: list[str]
+    calibration_images: int
+    method: str
+    seconds: float
+    quantized_ops: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------
+# graph helpers
+# ----------------------------------------------------------------------------------------------
+def _consumers(model: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            out.setdefault(name, []).append(node)
+    return out
+
+
+def _producers(model: Any) -> dict[str, Any]:
+    return {o: node for node in model.graph.node for o in node.output}
+
+
+def _ranks(model: Any) -> dict[str, list[int | None]]:
+    """Shapes of every tensor known to (already run) shape inference; batch dims are None."""
+    shapes: dict[str, list[int | None]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if t.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+    return shapes
+
+
+def _ensure_names(model: Any) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}_{node.output[0]}"
+        seen.add(node.name)
+
+
+_INPUT_PREP_OPS = ("Sub", "Mul", "Add", "Div", "Cast", "Transpose", "Identity")
+
+
+def find_stem_nodes(model: Any) -> list[str]:
+    """The first conv (it reads the image; after any in-graph normalisation such as Sub/Mul) and the
+    activation right after it."""
+    _ensure_names(model)
+    graph_input = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    cons = _consumers(model)
+    prep: list[str] = []
+    tensor = graph_input
+    for _ in range(8):  # walk over in-graph input normalisation to the first conv
+        users = cons.get(tensor, [])
+        if len(users) != 1 or users[0].op_type not in _INPUT_PREP_OPS:
+            break
+        prep.append(users[0].name)
+        tensor = users[0].output[0]
+    firsts = [n for n in cons.get(tensor, []) if n.op_type == "Conv"]
+    if not firsts:
+        return []
+    stem = prep + [firsts[0].name]
+    for nxt in cons.get(firsts[0].output[0], []):
+        if nxt.op_type in ("PRelu", "Relu", "LeakyRelu", "BatchNormalization"):
+            stem.append(nxt.name)
+            if nxt.op_type == "BatchNormalization":
+                stem += [n.name for n in cons.get(nxt.output[0], []) if n.op_type in ("PRelu", "Relu")]
+    return stem
+
+
+def find_head_nodes(model: Any) -> list[str]:
+    """The embedding head: every node from the first 2-D tensor on (Flatten, Gemm/MatMul, BN1d),
+    plus a global conv/BN right before it whose output is already 1x1 (MobileFaceNet's GDC)."""
+    import onnx
+
+    _ensure_names(model)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = _ranks(inferred)
+    prods = _producers(model)
+    head: list[str] = []
+    started = False
+    for node in model.graph.node:
+        out_shape = shapes.get(node.output[0])
+        if not started and out_shape is not None and len(out_shape) == 2:
+            started = True
+            # walk back over 1x1-output producers (the GDC depthwise conv and its BN/activation)
+            back: list[str] = []
+            src = next((i for i in node.input if i in prods), None)
+            while src is not None:
+                p = prods[src]
+                s = shapes.get(p.output[0])
+                if s is None or len(s) != 4 or s[2:] != [1, 1]:
+                    break
+                back.append(p.name)
+                src = next((i for i in p.input if i in prods), None)
+            head.extend(reversed(back))
+        if started:
+            head.append(node.name)
+    return head
+
+
+def find_depthwise_nodes(model: Any) -> list[str]:
+    """Depthwise convs (``group`` > 1) and the activation right after each."""
+    _ensure_names(model)
+    cons = _consumers(model)
+    out: list[str] = []
+    for node in model.graph.node:
+        if node.op_type == "Conv" and next((a.i for a in node.attribute if a.name == "group"), 1) > 1:
+            out.append(node.name)
+            out += [n.name for n in cons.get(node.output[0], []) if n.op_type in ("PRelu", "Relu", "LeakyRelu")]
+    return out
+
+
+def rewrite_prelu(model: Any, mode: str, skip: Iterable[str] = ()) -> tuple[Any, int, dict[str, list[str]]]:
+    """Rewrite the PRelu nodes of ``model`` (in place) for int8; returns (model, count, old name -> new nodes).
+
+    ``float`` and ``qdq`` leave the graph unchanged (``qdq`` is handled by the quantizer's op list).
+    ``relu``: ``Relu(x) + (-s) * Relu(-x)``. ``linear``: ``s * x + (1 - s) * Relu(x)``.
+    Both are exact in float for any per-channel slope ``s``. Nodes named in ``skip`` stay PRelu.
+    (Nodes kept in float are rewritten too: onnxruntime's fp32 PRelu kernel is slow, while the
+    rewrite's per-channel Mul/Relu/Add become fused NCHWc ops.)
+    """
+    from onnx import helper, numpy_helper
+
+    if mode not in PRELU_MODES:
+        raise ExportError(f"PReLU mode must be one of {', '.join(PRELU_MODES)}, got {mode!r}")
+    _ensure_names(model)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    count = sum(1 for n in graph.node if n.op_type == "PRelu")
+    skip = set(skip)
+    mapping: dict[str, list[str]] = {}
+    if mode in ("float", "qdq") or count == 0:
+        return model, count, {n.name: [n.name] for n in graph.node if n.op_type == "PRelu"}
+    new_nodes = []
+    added: list[Any] = []
+    for node in graph.node:
+        if node.op_type != "PRelu" or node.name in skip:
+            new_nodes.append(node)
+            continue
+        x, s_name = node.input[0], node.input[1]
+        y = node.output[0]
+        p = node.name
+        if s_name not in inits:
+            raise ExportError(f"PReLU node {p!r} has a slope that is not a constant; cannot rewrite it "
+                              "(use --int8-prelu float)")
+        slope = numpy_helper.to_array(inits[s_name]).astype(np.float32)
+        if mode == "relu":
+            neg_s = numpy_helper.from_array((-slope).astype(np.float32), f"{p}/neg_slope")
+            added.append(neg_s)
+            nodes = [
+                helper.make_node("Relu", [x], [f"{p}/pos"], name=f"{p}/relu_pos"),
+                helper.make_node("Neg", [x], [f"{p}/negx"], name=f"{p}/neg"),
+                helper.make_node("Relu", [f"{p}/negx"], [f"{p}/negr"], name=f"{p}/relu_neg"),
+                helper.make_node("Mul", [f"{p}/negr", neg_s.name], [f"{p}/negpart"], name=f"{p}/mul_slope"),
+                helper.make_node("Add", [f"{p}/pos", f"{p}/negpart"], [y], name=f"{p}/add"),
+            ]
+        else:  # linear
+            s = numpy_helper.from_array(slope, f"{p}/slope")
+            one_minus = numpy_helper.from_array((1.0 - slope).astype(np.float32), f"{p}/one_minus_slope")
+            added += [s, one_minus]
+            nodes = [
+                helper.make_node("Mul", [x, s.name], [f"{p}/sx"], name=f"{p}/mul_slope"),
+                helper.make_node("Relu", [x], [f"{p}/pos"], name=f"{p}/relu"),
+                helper.make_node("Mul", [f"{p}/pos", one_minus.name], [f"{p}/pos_scaled"], name=f"{p}/mul_one_minus"),
+                helper.make_node("Add", [f"{p}/sx", f"{p}/pos_scaled"], [y], name=f"{p}/add"),
+            ]
+        new_nodes.extend(nodes)
+        mapping[p] = [n.name for n in nodes]
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    graph.initializer.extend(added)
+    # drop slopes nobody reads any more
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return model, count, mapping
+
+
+WEIGHT_ONLY_MIN_ELEMENTS = 16384  # Gemm/MatMul weights stored int8 (weight-only) from this size on
+FP16_CONV_MIN_ELEMENTS = 1024     # Conv weights stored float16 (+ Cast, folded at load) from this size on
+
+
+def quantize_weights_only(model: Any, node_names: Iterable[str],
+                          min_elements: int = WEIGHT_ONLY_MIN_ELEMENTS,
+                          conv_min_elements: int = FP16_CONV_MIN_ELEMENTS) -> list[str]:
+    """Shrink the stored weights of the float nodes ``node_names`` (in place); compute stays float.
+
+    * Gemm/MatMul (the embedding head's Linear): symmetric per-output-channel int8 plus a
+      DequantizeLinear. onnxruntime dequantizes it on every run (it does not constant-fold DQ in
+      QDQ models): cheap for a 512x512 head at batch 1.
+    * Conv: float16 plus a Cast to float. onnxruntime constant-folds the Cast at load, so the conv
+      still sees a constant fp32 weight and keeps its pre-packed NCHWc kernel; a DequantizeLinear
+      there would stop that and was measured ~40% slower on MobileFaceNet.
+
+    Returns the names of the weights converted.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    names = set(node_names)
+    inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    converted: list[str] = []
+    new_nodes = []
+    for node in model.graph.node:
+        w_name = node.input[1] if len(node.input) > 1 else ""
+        if node.name in names and w_name in inits and uses.get(w_name) == 1:
+            w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+            if node.op_type == "Conv" and w.size >= conv_min_elements:
+                h_name = f"{w_name}_fp16"
+                model.graph.initializer.remove(inits[w_name])
+                model.graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), h_name))
+                new_nodes.append(helper.make_node("Cast", [h_name], [w_name], name=f"{w_name}_Cast",
+                                                  to=TensorProto.FLOAT))
+                converted.append(w_name)
+            elif node.op_type in ("Gemm", "MatMul") and w.size >= min_elements and w.ndim == 2:
+                if node.op_type == "Gemm":
+                    axis = 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
+                else:
+                    axis = 1
+                amax = np.abs(w).max(axis=1 - axis)
+                scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+                shape = [1, 1]
+                shape[axis] = -1
+                q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+                q_name, s_name, z_name = f"{w_name}_w8", f"{w_name}_w8_scale", f"{w_name}_w8_zero_point"
+                model.graph.initializer.remove(inits[w_name])
+                model.graph.initializer.extend([numpy_helper.from_array(q, q_name),
+                                                numpy_helper.from_array(scale, s_name),
+                                                numpy_helper.from_array(np.zeros_like(scale, np.int8), z_name)])
+                new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, z_name], [w_name],
+                                                  name=f"{w_name}_DequantizeLinear", axis=axis))
+                converted.append(w_name)
+        new_nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    return converted
+
+
+def compact_names(model: Any) -> Any:
+    """Rename (in place) every tensor but the graph's inputs and outputs to ``t<i>`` and every node
+    to ``n<i>``; drops ``value_info`` (shape inference recomputes it)."""
+    graph = model.graph
+    if any(a.type in (5, 10) for n in graph.node for a in n.attribute):  # GRAPH / GRAPHS: leave as is
+        return model
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output}
+    keep -= {t.name for t in graph.initializer}
+    mapping: dict[str, str] = {"": ""}
+
+    def short(name: str) -> str:
+        if name in keep:
+            return name
+        if name not in mapping:
+            mapping[name] = f"t{len(mapping)}"
+        return mapping[name]
+
+    for t in graph.initializer:
+        t.name = short(t.name)
+    for i in graph.input:
+        i.name = short(i.name)
+    for k, node in enumerate(graph.node):
+        node.name = f"n{k}"
+        for j, name in enumerate(node.input):
+            node.input[j] = short(name)
+        for j, name in enumerate(node.output):
+            node.output[j] = short(name)
+    del graph.value_info[:]
+    return model
+
+
+def optimized_op_counts(path: str | os.PathLike, threads: int = 1) -> dict[str, int]:
+    """Op counts of the graph onnxruntime actually runs (after its optimisations: QLinearConv, ...)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="facedistill-opt-") as tmp:
+        out = os.path.join(tmp, "optimized.onnx")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = out
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        model = onnx.load(out, load_external_data=False)
+    return dict(Counter(n.op_type for n in model.graph.node).most_common())
+
+
+# ----------------------------------------------------------------------------------------------
+# quantization
+# ----------------------------------------------------------------------------------------------
+def _calib_reader(inputs: np.ndarray, input_name: str, batch: int, progress: Callable[[int], None] | None,
+                  fixed: bool = False):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._starts = iter(range(0, len(inputs), batch))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self._starts, None)
+            if start is None:
+                return None
+            chunk = np.ascontiguousarray(inputs[start:start + batch], dtype=np.float32)
+            if progress is not None:
+                progress(len(chunk))
+            if fixed and len(chunk) < batch:  # a fixed-batch graph: repeat images to fill the batch
+                chunk = np.ascontiguousarray(np.resize(chunk, (batch,) + chunk.shape[1:]))
+            return {input_name: chunk}
+
+        def rewind(self) -> None:
+            self._starts = iter(range(0, len(inputs), batch))
+
+    return _Reader()
+
+
+def _resolve_excluded(model: Any, keep_float: Iterable[str], stem: list[str], head: list[str],
+                      depthwise: list[str] | None = None) -> list[str]:
+    names = [n.name for n in model.graph.node]
+    known = set(names)
+    out: list[str] = []
+    for item in keep_float:
+        if item == "stem":
+            group = stem
+        elif item == "head":
+            group = head
+        elif item == "depthwise":
+            group = depthwise if depthwise is not None else find_depthwise_nodes(model)
+        elif item == "prelu":
+            group = [n.name for n in model.graph.node if n.op_type == "PRelu"]
+        else:
+            if item not in known:
+                example = next((n for n in names if "Conv" in n), names[0] if names else "")
+                raise ExportError(f"--int8-keep-float: not a part ({', '.join(KNOWN_PARTS)}) nor a node named {item!r} in the graph (after BatchNorm "
+                                  f"folding; node names look like {example!r})")
+            group = [item]
+        out += [name for name in group if name in known and name not in out]
+    return out
+
+
+def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: np.ndarray,
+                  options: Int8Options | None = None,
+                  progress: Callable[[int], None] | None = None) -> QuantizeResult:
+    """Quantize ``fp32_model`` (an ``onnx.ModelProto`` or a path) to an int8 QDQ model at ``out_path``.
+
+    ``calib_inputs``: preprocessed float32 N x 3 x H x W calibration images (a few hundred real
+    faces). ``progress(n)`` is called with the number of calibration images fed. Writes
+    ``out_path`` directly (the caller owns atomicity) without metadata.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    opts = (options or Int8Options()).validate()
+    calib_inputs = np.asarray(calib_inputs, dtype=np.float32)
+    if calib_inputs.ndim != 4 or len(calib_inputs) == 0:
+        raise ExportError(f"int8 calibration needs N x 3 x H x W images, got shape {calib_inputs.shape}")
+    start = time.time()
+    model = fp32_model if not isinstance(fp32_model, (str, os.PathLike)) else onnx.load(str(fp32_model))
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > MAX_INT8_OPSET:
+        raise ExportError(f"int8 needs opset <= {MAX_INT8_OPSET} (onnxruntime's static quantizer); the model "
+                          f"has opset {opset}. Export with --opset {MAX_INT8_OPSET} or lower.")
+    graph_input = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    input_name = graph_input.name
+    dim0 = graph_input.type.tensor_type.shape.dim[0]
+    fixed_batch = int(dim0.dim_value) if dim0.HasField("dim_value") else None
+    with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
+        src = os.path.join(tmp, "fp32.onnx")
+        pre = os.path.join(tmp, "pre.onnx")
+        onnx.save(model, src)
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=False)
+        except Exception as e:  # the symbolic shape pass gives up on some graphs; the basic one suffices
+            try:
+                quant_pre_process(src, pre, skip_symbolic_shape=True)
+            except Exception as e2:
+                raise ExportError(f"int8 pre-processing (shape inference, BatchNorm folding) failed: {e2} "
+                                  f"(first try: {e})") from e2
+        pre_model = onnx.load(pre)
+        _ensure_names(pre_model)
+        stem = find_stem_nodes(pre_model)
+        head = find_head_nodes(pre_model)
+        depthwise = find_depthwise_nodes(pre_model)
+        excluded_pre = _resolve_excluded(pre_model, opts.keep_float, stem, head, depthwise)
+        rewritten, n_prelu, mapping = rewrite_prelu(pre_model, opts.prelu)
+        rewritten = onnx.shape_inference.infer_shapes(rewritten)
+        excluded = [new for name in excluded_pre for new in mapping.get(name, [name])]
+        ready = os.path.join(tmp, "ready.onnx")
+        onnx.save(rewritten, ready)
+        op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry) | ({"PRelu"} if opts.prelu == "qdq" else set()))
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[opts.method]
+        extra: dict[str, Any] = {"ActivationSymmetric": opts.activations == "int8", "WeightSymmetric": True}
+        if opts.method == "percentile":
+            extra["CalibPercentile"] = float(opts.percentile)
+        try:
+            quantize_static(
+                ready, str(out_path), _calib_reader(calib_inputs, input_name, fixed_batch or opts.calib_batch,
+                                                    progress, fixed=fixed_batch is not None),
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=opts.per_channel,
+                reduce_range=False,
+                activation_type=QuantType.QUInt8 if opts.activations == "uint8" else QuantType.QInt8,
+                weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method,
+                extra_options=extra,
+            )
+        except ExportError:
+            raise
+        except Exception as e:
+            raise ExportError(f"onnxruntime static quantization failed: {type(e).__name__}: {e}") from e
+    quantized = onnx.load(str(out_path), load_external_data=False)
+    changed = False
+    if opts.kept_float_weights == "compact" and excluded:
+        changed = bool(quantize_weights_only(quantized, excluded))
+    if opts.compact_names:
+        compact_names(quantized)
+        changed = True
+    if changed:
+        onnx.save(quantized, str(out_path))
+    counts = Counter(n.op_type for n in quantized.graph.node)
+    return QuantizeResult(prelu_mode=opts.prelu, prelu_count=n_prelu, excluded_nodes=excluded,
+                          calibration_images=int(len(calib_inputs)), method=opts.method,
+                          seconds=round(time.time() - start, 2),
+                          quantized_ops={k: v for k, v in counts.most_common()})
+
+
+def int8_options_from_cli(method: str, prelu: str, keep_float: Sequence[str] | str | None,
+                          per_channel: bool = True, activations: str = "uint8",
+                          percentile: float = 99.999, kept_weights: str = "compact") -> Int8Options:
+    """Build options from CLI strings (``keep_float`` as 'stem,head,...', 'none' or node names)."""
+    if keep_float is None:
+        parts: tuple[str, ...] = KEEP_FLOAT_PARTS
+    elif isinstance(keep_float, str):
+        parts = tuple(p.strip() for p in keep_float.split(",") if p.strip())
+    else:
+        parts = tuple(keep_float)
+    if "none" in parts:
+        parts = ()
+    return Int8Options(method=method.lower(), prelu=prelu.lower(), keep_float=parts, per_channel=per_channel,
+                       activations=activations.lower(), percentile=percentile,
+                       kept_float_weights=kept_weights.lower()).validate()
+
+
+def save_model(model: Any, path: str | os.PathLike) -> None:
+    """Write an ONNX model, fsync'd (the caller renames it into place)."""
+    data = model.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+__all__ += ["int8_options_from_cli", "save_model"]

@@ -1,0 +1,194 @@
+"""int8: the PReLU rewrites are exact, the quantized graph really runs int8 kernels, stem/head stay
+float, and the accuracy gates fail loudly."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from facedistill.errors import ExportError
+from facedistill.evaluation.embedders import Preprocess
+from facedistill.export import ExportGateError, Int8Options, check_onnx, export_model, read_metadata
+from facedistill.export.parity import cosine_rows, ort_session, run_onnx
+from facedistill.export.quantize import (find_head_nodes, find_stem_nodes, int8_options_from_cli,
+                                         optimized_op_counts, quantize_int8, rewrite_prelu)
+
+
+@pytest.mark.parametrize("mode", ["relu", "linear"])
+def test_prelu_rewrites_are_exact(tiny_export, faces, mode):
+    path, _ = tiny_export
+    model = onnx.load(str(path))
+    n_prelu = sum(n.op_type == "PRelu" for n in model.graph.node)
+    rewritten, count, mapping = rewrite_prelu(model, mode)
+    assert count == n_prelu == len(mapping) == 4
+    assert not any(n.op_type == "PRelu" for n in rewritten.graph.node)
+    onnx.checker.check_model(rewritten)
+    x = Preprocess().apply(faces[:4])
+    a = run_onnx(ort_session(path), x)
+    b = run_onnx(ort_session(rewritten), x)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_stem_and_head_detection(tiny_export):
+    path, _ = tiny_export
+    model = onnx.load(str(path))
+    stem = find_stem_nodes(model)
+    head = find_head_nodes(model)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    assert [ops[s] for s in stem] == ["Conv", "PRelu"]
+    assert stem[0].startswith("/stem")
+    assert any("gdc" in h for h in head)  # the global 1x1 conv belongs to the head
+    assert ops[head[-1]] in ("BatchNormalization", "Gemm", "MatMul", "Add")
+    assert not set(stem) & set(head)
+
+
+def test_default_int8_graph(tiny_export, faces, tmp_path):
+    """Default: dense convs int8; stem, head, depthwise convs and PReLUs (rewritten) float."""
+    path, _ = tiny_export
+    out = tmp_path / "q.onnx"
+    res = quantize_int8(path, out, Preprocess().apply(faces[:24]), Int8Options())
+    assert res.prelu_mode == "linear" and res.prelu_count == 4
+    ops = optimized_op_counts(out)
+    assert ops.get("QLinearConv", 0) == 4, ops  # conv2, block.0, block.3, down
+    assert "PRelu" not in ops and ops.get("QLinearMul", 0) == 0, ops
+    assert ops.get("QLinearAdd", 0) == 1, ops  # the residual add
+    y = run_onnx(ort_session(out), Preprocess().apply(faces[24:40]))
+    ref = run_onnx(ort_session(path), Preprocess().apply(faces[24:40]))
+    assert cosine_rows(ref, y).mean() > 0.99
+    names = [n.name for n in onnx.load(str(out)).graph.node]
+    assert all(n[0] == "n" and n[1:].isdigit() for n in names)  # compacted names
+
+
+def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
+    """PReLUs quantized with the linear rewrite: onnxruntime runs QLinearMul/QLinearAdd, no PRelu."""
+    path, _ = tiny_export
+    out = tmp_path / "q.onnx"
+    calib = Preprocess().apply(faces[:24])
+    res = quantize_int8(onnx.load(str(path)), out, calib, Int8Options(keep_float=("stem", "head")))
+    assert res.prelu_mode == "linear" and res.prelu_count == 4
+    assert res.quantized_ops.get("QuantizeLinear", 0) > 0
+    assert any("/stem" in n for n in res.excluded_nodes) and any("gdc" in n for n in res.excluded_nodes)
+    ops = optimized_op_counts(out)
+    # every conv but the stem's and the GDC's runs as QLinearConv; no PRelu is left (the stem's is
+    # rewritten too, as float ops that onnxruntime fuses)
+    assert ops.get("QLinearConv", 0) == 4, ops
+    assert "PRelu" not in ops, ops
+    assert ops.get("QLinearMul", 0) == 6 and ops.get("QLinearAdd", 0) >= 3, ops
+    y = run_onnx(ort_session(out), Preprocess().apply(faces[24:40]))
+    ref = run_onnx(ort_session(path), Preprocess().apply(faces[24:40]))
+    assert cosine_rows(ref, y).mean() > 0.98
+
+
+def test_prelu_float_mode_keeps_prelu(tiny_export, faces, tmp_path):
+    path, _ = tiny_export
+    out = tmp_path / "q.onnx"
+    quantize_int8(path, out, Preprocess().apply(faces[:16]), Int8Options(prelu="float", keep_float=()))
+    ops = optimized_op_counts(out)
+    assert ops.get("PRelu", 0) == 4 and ops.get("QLinearConv", 0) >= 5, ops
+
+
+def test_keep_depthwise_float(tiny_export, faces, tmp_path):
+    path, _ = tiny_export
+    res = quantize_int8(path, tmp_path / "q.onnx", Preprocess().apply(faces[:8]),
+                        Int8Options(keep_float=("depthwise",)))
+    assert any("gdc" in n for n in res.excluded_nodes)  # the only grouped conv of the tiny model
+    assert not any("stem" in n for n in res.excluded_nodes)
+
+
+def test_keep_float_by_node_name(tiny_export, faces, tmp_path):
+    path, _ = tiny_export
+    model = onnx.load(str(path))
+    name = next(n.name for n in model.graph.node if n.op_type == "Conv" and "block" in n.name)
+    res = quantize_int8(model, tmp_path / "q.onnx", Preprocess().apply(faces[:8]),
+                        Int8Options(keep_float=(name,)))
+    assert res.excluded_nodes == [name]
+    with pytest.raises(ExportError, match="nor a node named"):
+        quantize_int8(model, tmp_path / "q2.onnx", Preprocess().apply(faces[:8]),
+                      Int8Options(keep_float=("nope",)))
+
+
+def test_cli_options_parsing():
+    o = int8_options_from_cli("Entropy", "float", "none")
+    assert o.method == "entropy" and o.prelu == "float" and o.keep_float == ()
+    assert int8_options_from_cli("minmax", "linear", "stem").keep_float == ("stem",)
+    with pytest.raises(ExportError):
+        int8_options_from_cli("minmax", "sigmoid", None)
+    with pytest.raises(ExportError):
+        int8_options_from_cli("minmax", "linear", None, activations="int4")
+
+
+def test_export_int8_with_verify(tiny, tmp_path, train_set, pair_set):
+    """The whole int8 path: calibration set, verify set, both accuracies side by side, metadata."""
+    out = tmp_path / "s.onnx"
+    report = export_model(None, out, loaded=tiny, int8=True, calib=train_set, calib_images=32,
+                          verify=pair_set, parity_images=16, latency=True, int8_max_drop=100.0)
+    assert report.passed, report.failure
+    a32, a8 = report.artifact("fp32"), report.artifact("int8")
+    assert a8.written and a8.path == str(tmp_path / "s.int8.onnx")
+    assert a32.accuracy is not None and a8.accuracy is not None
+    assert report.verification["drop_points"] == pytest.approx(a32.accuracy - a8.accuracy, abs=1e-3)
+    assert a8.cosine_mean is not None and a8.cosine_mean >= 0.99
+    assert a8.latency_ms_b1 > 0 and a32.latency_ms_b1 > 0
+    assert a8.size_bytes < a32.size_bytes
+    assert report.calibration == {"source": str(train_set), "images": 32, "method": "minmax"}
+    meta = read_metadata(a8.path)
+    assert meta["precision"] == "int8" and meta["int8_prelu"] == "linear"
+    assert meta["int8_keep_float"] == "stem,head,depthwise,prelu"
+    assert check_onnx(a8.path).digest_checked
+    d = report.to_dict()
+    assert d["artifacts"][1]["precision"] == "int8" and "size_mb" in d["artifacts"][1]
+
+
+def test_int8_gate_fails_loudly(tiny, tmp_path):
+    out = tmp_path / "s.onnx"
+    with pytest.raises(ExportGateError, match="int8 gate failed") as info:
+        export_model(None, out, loaded=tiny, int8=True, calib_images=16, parity_images=8, latency=False,
+                     int8_min_cosine=1.01)
+    assert out.exists()  # the fp32 model passed its own gate
+    assert not (tmp_path / "s.int8.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    report = info.value.report
+    assert not report.passed and not report.artifact("int8").written
+    assert any("synthetic" in n for n in report.notes)  # calibrated on synthetic faces: said loudly
+
+
+def test_int8_rejected_model_kept_on_request(tiny, tmp_path):
+    with pytest.raises(ExportGateError, match="kept for inspection"):
+        export_model(None, tmp_path / "s.onnx", loaded=tiny, int8=True, calib_images=16, parity_images=8,
+                     latency=False, int8_min_cosine=1.01, keep_rejected=True)
+    assert not (tmp_path / "s.int8.onnx").exists()
+    rejected = tmp_path / "s.int8.rejected.onnx"
+    assert rejected.exists()
+    assert read_metadata(rejected)["int8_gate"].startswith("FAILED")
+
+
+def test_int8_accuracy_drop_gate(tiny, tmp_path, pair_set):
+    with pytest.raises(ExportGateError, match="accuracy drops"):
+        export_model(None, tmp_path / "s.onnx", loaded=tiny, int8=True, calib_images=16, parity_images=8,
+                     verify=pair_set, latency=False, int8_max_drop=-100.0)
+    assert not (tmp_path / "s.int8.onnx").exists()
+
+
+def test_fp16_export(tiny, tmp_path, faces):
+    out = tmp_path / "s.onnx"
+    report = export_model(None, out, loaded=tiny, fp16=True, parity_images=8, latency=False)
+    art = report.artifact("fp16")
+    assert art.written and art.cosine_worst >= 0.999
+    model = onnx.load(art.path)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert read_metadata(art.path)["precision"] == "fp16"
+    assert check_onnx(art.path).precision == "fp16"
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_other_calibration_methods(tiny_export, faces, tmp_path, method):
+    path, _ = tiny_export
+    out = tmp_path / "q.onnx"
+    res = quantize_int8(path, out, Preprocess().apply(faces[:16]), Int8Options(method=method))
+    assert res.method == method
+    y = run_onnx(ort_session(out), Preprocess().apply(faces[16:24]))
+    ref = run_onnx(ort_session(path), Preprocess().apply(faces[16:24]))
+    assert cosine_rows(ref, y).mean() > 0.95
