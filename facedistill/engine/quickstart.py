@@ -58,6 +58,21 @@ def _recipe(recipes: Path, name: str, workdir: Path, size: QuickstartSize, extra
     return load_recipe(path, overrides + extra)
 
 
+def _resumable(recipe, log: Callable[[str], None]) -> bool:
+    """Resume an interrupted run of the same recipe; move a run of another recipe aside."""
+    import torch
+
+    ckpt = recipe.run_dir / "checkpoint.pt"
+    if not ckpt.is_file():
+        return False
+    if torch.load(ckpt, map_location="cpu", weights_only=True).get("recipe_hash") == recipe.hash():
+        return True
+    stale = recipe.run_dir.with_name(f"{recipe.run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    recipe.run_dir.rename(stale)
+    log(f"{recipe.run_dir} was trained with other settings; moved it to {stale}")
+    return False
+
+
 def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default", recipes: str | Path | None = None,
                    int8: bool = True, overrides: list[str] | None = None, monitor: Monitor | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -102,8 +117,7 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default
             runs[name] = json.loads(summary_file.read_text())
         else:
             log(f"{name}: training {recipe.student.arch} (distill: {recipe.loss.distill.type})")
-            resume = (recipe.run_dir / "checkpoint.pt").is_file()
-            runs[name] = train(recipe, resume=resume, monitor=monitor).summary
+            runs[name] = train(recipe, resume=_resumable(recipe, log), monitor=monitor).summary
         timings[f"train_{name}"] = time.time() - t
 
     # 4. evaluate every model on the verification pairs
@@ -127,15 +141,15 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default
     from facedistill.export.onnx_export import ExportGateError
 
     try:
-        student_export = export_model(run_dirs["unified"], student_onnx, int8=int8, calib=data / "train",
-                                      verify=data / "val", latency=False)
+        student_export = export_model(run_dirs["unified"], student_onnx, int8=int8, calib=data / "train" if int8 else None,
+                                      verify=data / "val", latency=False, fp32_prelu="linear")
     except ExportGateError as e:
         # The int8 gate refused its model (nothing was written for it); the fp32 export stands.
         if e.report is None or not any(a.precision == "fp32" and a.passed for a in e.report.artifacts):
             raise
         log(f"export: {e}")
         student_export = e.report
-    export_model(run_dirs["teacher"], teacher_onnx, latency=False)
+    export_model(run_dirs["teacher"], teacher_onnx, latency=False, fp32_prelu="linear")
     timings["export"] = time.time() - t
 
     # 6. benchmark batch-1 latency with onnxruntime

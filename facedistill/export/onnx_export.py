@@ -502,7 +502,7 @@ def export_model(
     calib_images: int = DEFAULT_CALIB_IMAGES,
     int8_options: Int8Options | None = None,
     fp16: bool = False,
-    fp32_prelu: str = "linear",
+    fp32_prelu: str = "keep",
     opset: int | None = None,
     batch: str | int = "dynamic",
     simplify: bool = True,

@@ -77,19 +77,22 @@ def test_teacher_training_run_writes_outputs(tmp_path, tiny_synthetic):
 
 
 def test_distillation_logs_each_term_and_reuses_cache(tmp_path, tiny_synthetic, teacher_ckpt):
+    cache_dir = tiny_synthetic / "train" / "teacher-cache"
+    before = set(cache_dir.glob("*.npy"))  # other tests' teachers may have cached there too
     recipe = load_recipe(make_recipe(tmp_path, tiny_synthetic, "d", **distill_args(teacher_ckpt),
                                      **{"train.epochs": 1}))
     train(recipe)
     rows = [json.loads(l) for l in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert {"loss_margin", "loss_iled", "loss_rpsd", "bank_fill"} <= set(rows[-1])
     assert rows[-1]["rpsd_active"] == 1.0  # the bank (16) filled after two steps of 8
-    cache = list((tiny_synthetic / "train" / "teacher-cache").glob("*.npy"))
+    cache = sorted(set(cache_dir.glob("*.npy")) - before)
     assert len(cache) == 1
     stamp = cache[0].stat().st_mtime_ns
     recipe2 = load_recipe(make_recipe(tmp_path, tiny_synthetic, "d2", **distill_args(teacher_ckpt),
                                       **{"train.epochs": 1}))
     result = train(recipe2)
     assert cache[0].stat().st_mtime_ns == stamp
+    assert set(cache_dir.glob("*.npy")) - before == set(cache)
     assert result.summary["teacher"]["cached"] and result.summary["teacher"]["embedding_size"] == 64
 
 

@@ -111,7 +111,9 @@ def test_iresnet_features_scale_is_frozen_at_one(name: str) -> None:
 
 
 def test_list_and_aliases() -> None:
-    assert list_backbones() == sorted(ARCHS)
+    assert set(ARCHS) <= set(list_backbones()) and list_backbones() == sorted(list_backbones())
+    # the original-width MobileFaceNet: arcface_torch's get_mbf(scale=1), same parameter names
+    assert infer_arch(create_backbone("mobilefacenet_s", embedding_size=8).state_dict()) == ("mobilefacenet_s", 8)
     for alias, name in [("r18", "iresnet18"), ("mbf", "mobilefacenet"), ("R50", "iresnet50")]:
         built = create_backbone(alias, embedding_size=8)
         assert infer_arch(built.state_dict()) == (name, 8)
