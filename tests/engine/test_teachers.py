@@ -1,0 +1,57 @@
+"""ONNX teachers: messy real-world files (stale graph inputs) are repaired; preprocessing applies."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from facedistill.engine.teachers import OnnxTeacher, TeacherPreprocessing
+from facedistill.errors import FaceDistillError
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=4)
+        self.fc = nn.Linear(4 * 28 * 28, 16)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).flatten(1))
+
+
+def export(tmp_path, stale: bool) -> tuple[str, nn.Module]:
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    path = tmp_path / "t.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 112, 112), str(path), input_names=["data"], output_names=["emb"],
+                      dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}}, opset_version=17, dynamo=False)
+    if stale:  # what SFace ships with: initializers still listed as graph inputs
+        m = onnx.load(str(path))
+        for init in m.graph.initializer:
+            m.graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+        onnx.save(m, str(path))
+    return str(path), model
+
+
+@pytest.mark.parametrize("stale", [False, True])
+def test_onnx_teacher_matches_torch(tmp_path, stale):
+    path, model = export(tmp_path, stale)
+    pre = TeacherPreprocessing(mean=0.0, std=1.0, channel_order="BGR")
+    teacher = OnnxTeacher(path, pre)
+    assert teacher.repaired == stale and teacher.embedding_size == 16
+    images = torch.randint(0, 256, (5, 3, 112, 112), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model(images.float().flip(1))  # BGR, raw 0..255
+    np.testing.assert_allclose(teacher(images).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_teacher_errors(tmp_path):
+    with pytest.raises(FaceDistillError, match="not found"):
+        OnnxTeacher(tmp_path / "missing.onnx", TeacherPreprocessing())
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    with pytest.raises(FaceDistillError, match="not a readable ONNX model"):
+        OnnxTeacher(bad, TeacherPreprocessing())
