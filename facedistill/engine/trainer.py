@@ -382,7 +382,7 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
                     out = forward(x, labels, teacher_emb, step)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
-                    terms = ", ".join(f"{k}={float(v):.4g}" for k, v in out.items() if v.numel() == 1)
+                    terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.numel() == 1)
                     last = f"{ckpt_path} (step {torch.load(ckpt_path, weights_only=True)['step']})" \
                         if ckpt_path.is_file() else "none yet"
                     raise TrainingDiverged(
