@@ -17,7 +17,6 @@ The folder is written under a temporary name and renamed when complete (see ``Pa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ import numpy as np
 
 from facedistill import __version__
 from facedistill.errors import DataError
+from facedistill.utils.hashing import sha256_file
 
 FORMAT_NAME = "facedistill-packed"
 FORMAT_VERSION = 1
@@ -37,15 +37,6 @@ IMAGE_SIZE = 112
 MANIFEST = "manifest.json"
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
 
 
 class PackedWriter:
@@ -128,7 +119,7 @@ class PackedWriter:
         name = f"images-{len(self._shards):05d}.npy"
         path = self.tmp_dir / name
         np.save(path, np.stack(self._buffer))
-        self._shards.append({"file": name, "count": len(self._buffer), "sha256": _sha256(path)})
+        self._shards.append({"file": name, "count": len(self._buffer), "sha256": sha256_file(path)})
         self._buffer = []
 
     def _finish(self) -> None:
@@ -156,8 +147,8 @@ class PackedWriter:
             "num_pairs": num_pairs,
             "image_shape": [IMAGE_SIZE, IMAGE_SIZE, 3],
             "shards": self._shards,
-            "labels_sha256": _sha256(self.tmp_dir / "labels.npy"),
-            "pairs_sha256": _sha256(self.tmp_dir / "pairs.npy") if num_pairs else None,
+            "labels_sha256": sha256_file(self.tmp_dir / "labels.npy"),
+            "pairs_sha256": sha256_file(self.tmp_dir / "pairs.npy") if num_pairs else None,
             "num_skipped": len(self.skipped),
             "skipped": self.skipped,
             "seconds": round(time.time() - self._start, 3),
@@ -232,7 +223,7 @@ class PackedDataset:
     def verify(self) -> None:
         """Check every shard's checksum against the manifest."""
         for shard in self.manifest["shards"]:
-            got = _sha256(self.root / shard["file"])
+            got = sha256_file(self.root / shard["file"])
             if got != shard["sha256"]:
                 raise DataError(f"{self.root / shard['file']}: checksum mismatch; the file is damaged, re-run prepare.")
 

@@ -35,6 +35,7 @@ import numpy as np
 from facedistill.data.align import Aligner, decode_image, resize_to
 from facedistill.data.packed import PackedWriter
 from facedistill.errors import DataError
+from facedistill.utils.hashing import sha256_file
 
 Progress = Callable[..., None]
 T = TypeVar("T")
@@ -85,12 +86,6 @@ def _ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iter
                 f.cancel()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class _Digest:
@@ -235,7 +230,7 @@ def _align_extra(aligner: Aligner, detector: str | os.PathLike | None) -> dict[s
     extra: dict[str, Any] = {"align": aligner.mode}
     if aligner.mode == "yunet" and detector is not None:
         extra["detector"] = str(detector)
-        extra["detector_sha256"] = _sha256_file(Path(detector))
+        extra["detector_sha256"] = sha256_file(Path(detector))
         extra["pick"] = aligner.pick
     return extra
 
@@ -291,7 +286,7 @@ def prepare_recordio(source: str | os.PathLike, out: str | os.PathLike, *, idx: 
             "rec": str(rec.rec_path),
             "rec_bytes": rec.reader.size,
             "idx": str(rec.idx_path) if rec.idx_path else None,
-            "idx_sha256": _sha256_file(rec.idx_path) if rec.idx_path else None,
+            "idx_sha256": sha256_file(rec.idx_path) if rec.idx_path else None,
             "idx_rebuilt_by_scan": rec.scanned,
             "header0": list(rec.header0) if rec.header0 else None,
             "declared_identities": rec.num_identities_declared,
@@ -368,7 +363,7 @@ def prepare_folder(source: str | os.PathLike, out: str | os.PathLike, *, align: 
         for key, (rel, line) in needed.items():
             if key not in have:
                 report.skip(f"{plist.source}:{line}", f"names image {rel}, which is not in {source}")
-        pairs_extra = {"pairs_file": str(pairs_file), "pairs_file_sha256": _sha256_file(Path(pairs_file)),
+        pairs_extra = {"pairs_file": str(pairs_file), "pairs_file_sha256": sha256_file(Path(pairs_file)),
                        "folds": plist.folds, "num_folds": plist.num_folds}
     elif folds is not None:
         raise DataError("--folds needs --pairs-file (the folds are those of an LFW pairs file)")
@@ -509,7 +504,7 @@ def prepare_pairs(source: str | os.PathLike, out: str | os.PathLike, *, images: 
     _check_space(out, len(todo))
     _progress_start(progress, len(todo))
     extra: dict[str, Any] = {"source_kind": "csv" if src.suffix.lower() in (".csv", ".tsv") else "lfw-pairs",
-                             "source_sha256": _sha256_file(src), "images_root": str(root),
+                             "source_sha256": sha256_file(src), "images_root": str(root),
                              **_align_extra(aligner, detector), "folds": plist.folds, "num_folds": plist.num_folds,
                              "limit_pairs": limit_pairs}
     with PackedWriter(out, kind="pairs", source=str(source), extra=extra) as writer:
@@ -592,7 +587,7 @@ def _prepare_bin(src: Path, out: str | os.PathLike, folds: Any, aligner: Aligner
     failed: dict[int, str] = {}
     _check_space(out, len(todo))
     _progress_start(progress, len(todo))
-    extra = {"source_kind": "bin", "source_sha256": _sha256_file(src), **_align_extra(aligner, detector),
+    extra = {"source_kind": "bin", "source_sha256": sha256_file(src), **_align_extra(aligner, detector),
              "folds": selected, "num_folds": num_folds, "limit_pairs": limit_pairs}
     with PackedWriter(out, kind="pairs", source=str(src), extra=extra) as writer:
         for i, res in zip(todo, _ordered_map(work, todo, workers)):

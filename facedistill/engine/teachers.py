@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from facedistill.errors import CheckpointError, FaceDistillError
+from facedistill.utils.hashing import sha256_file
 
 
 @dataclass
@@ -45,12 +46,6 @@ class Teacher(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def _file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fingerprint(weights_hash: str, pre: TeacherPreprocessing, extra: dict[str, Any]) -> str:
@@ -124,7 +119,7 @@ class OnnxTeacher:
             preprocessing = TeacherPreprocessing(preprocessing.mean, preprocessing.std,
                                                  preprocessing.channel_order, int(shape[2]))
         self.pre = preprocessing
-        self.fingerprint = _fingerprint(_file_hash(self.path), preprocessing, {"kind": "onnx"})
+        self.fingerprint = _fingerprint(sha256_file(self.path), preprocessing, {"kind": "onnx"})
         self.description = f"onnx:{self.path.name}"
         dummy = torch.zeros(1, 3, self.pre.input_size, self.pre.input_size, dtype=torch.uint8)
         out = self(dummy)
@@ -162,7 +157,7 @@ def build_teacher(cfg: Any, device: torch.device | str = "cpu") -> TorchTeacher 
             loaded = load_backbone(cfg.checkpoint, arch=cfg.arch, embedding_size=cfg.embedding_size)
         except CheckpointError as e:
             raise CheckpointError(f"teacher.checkpoint: {e}") from None
-        fp = _fingerprint(_file_hash(loaded.source), pre, {"kind": "torch", "arch": loaded.arch})
+        fp = _fingerprint(sha256_file(loaded.source), pre, {"kind": "torch", "arch": loaded.arch})
         teacher = TorchTeacher(loaded.model, pre, fp, f"{loaded.arch}:{loaded.source}", device)
     if cfg.embedding_size is not None and teacher.embedding_size != cfg.embedding_size:
         raise FaceDistillError(f"teacher.embedding_size is {cfg.embedding_size} but the teacher outputs "

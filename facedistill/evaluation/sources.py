@@ -27,7 +27,6 @@ memory; only the images some pair uses are embedded, each once.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 
 from facedistill.errors import CheckpointError, DataError, FaceDistillError
 from facedistill.evaluation.embedders import OnnxEmbedder, Preprocess, TorchEmbedder
+from facedistill.utils.hashing import sha256_file
 
 __all__ = [
     "ModelInfo",
@@ -91,12 +91,6 @@ class OpenedModel:
     identity: dict[str, str] = field(default_factory=dict)
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _pre_dict(pre: Preprocess) -> dict[str, Any]:
@@ -239,7 +233,7 @@ def _open_torch(path: Path, arch: str | None, batch_size: int, device: str, over
         embedding_size=loaded.embedding_size, input_size=pre.input_size, preprocess=_pre_dict(pre),
         preprocess_source=source, notes=notes,
     )
-    identity = {"sha256": _sha256_file(ckpt), "checkpoint": str(ckpt.resolve())}
+    identity = {"sha256": sha256_file(ckpt), "checkpoint": str(ckpt.resolve())}
     if path.is_dir():
         identity["run_dir"] = str(path.resolve())
     if loaded.recipe_hash:
