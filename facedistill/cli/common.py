@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -46,12 +47,34 @@ def progress_bar(description: str, total: int | None, enabled: bool = True) -> I
     if not enabled:
         yield lambda n=1: None
         return
+    if not err_console.is_terminal:
+        # Logs (nohup, Docker, CI) get plain lines: the start, every quarter, the end.
+        yield from _plain_progress(description, total)
+        return
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=False,
                   disable=not err_console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)
+
+
+def _plain_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    start = time.monotonic()
+    done = 0
+    next_quarter = 1
+    err_console.print(f"{description}: started" + (f" ({total})" if total else ""))
+
+    def advance(n: int = 1) -> None:
+        nonlocal done, next_quarter
+        done += n
+        while total and next_quarter < 4 and done >= next_quarter * total / 4:
+            err_console.print(f"{description}: {done}/{total} ({time.monotonic() - start:.0f} s)")
+            next_quarter += 1
+
+    yield advance
+    err_console.print(f"{description}: done" + (f" {done}/{total}" if total else "")
+                      + f" in {time.monotonic() - start:.1f} s")
 
 
 def write_json_output(path: Path | None, payload: Any) -> None:

@@ -73,3 +73,42 @@ def test_teacher_cache_tiny(tmp_path):
     assert result["online"]["images_per_s"] > 0 and result["cached"]["images_per_s"] > 0
     assert result["cache_build_s"] > 0 and result["ratio"] > 0
     assert Path(result["cache_file"]).is_file()
+
+
+def test_sface_lfw_tiny_runs_and_reuses(tmp_path, tiny_synthetic):
+    """The real-faces pipeline script with a tiny ONNX teacher on synthetic data: rows, evaluate, deploy."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 16)).eval()
+    teacher = tmp_path / "teacher.onnx"
+    torch.onnx.export(tiny, torch.zeros(1, 3, 112, 112), str(teacher), input_names=["data"],
+                      output_names=["emb"], dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}}, opset_version=17,
+                      dynamo=False)
+    work = tmp_path / "sface"
+    args = ["--workdir", str(work), "--types", "none,unified", "--epochs", "1", "--jobs", "2", "--threads", "1",
+            "--set", f"data.train={tiny_synthetic / 'train'}", "--set", f"data.val={tiny_synthetic / 'val'}",
+            "--set", f"teacher.onnx={teacher}", "--set", "data.batch_size=8", "--set", "student.embedding_size=32",
+            "--set", "loss.distill.rpsd.bank_size=16", "--set", "loss.distill.rpsd.hard_negatives=4",
+            "--set", "train.precise_bn_images=16"]
+    out = tmp_path / "sface.json"
+    proc = run_script("sface_lfw.py", *args, "--json", str(out), timeout=600)
+    assert "SFace -> MobileFaceNet" in proc.stdout and "deployed student vs teacher" in proc.stdout
+    result = json.loads(out.read_text())
+    assert [r["model"] for r in result["rows"]] == ["teacher (SFace, ONNX)", "none", "unified"]
+    for r in result["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0
+    assert all(r["steps"] == 4 and r["how"] == "train" for r in result["rows"][1:])  # 32 images / batch 8
+    precisions = [r["model"].split()[2] for r in result["deploy"][1:]]
+    assert precisions == ["fp32", "int8"]
+    for r in result["deploy"]:
+        assert r["size_mb"] > 0 and r["p50_ms"] > 0 and 0.0 <= r["accuracy"] <= 1.0
+    assert result["teacher_cache"]["built_s"] is not None
+    assert (work / "sface_lfw.png").stat().st_size > 0
+
+    # Again: both rows reused, the cache found.
+    proc = run_script("sface_lfw.py", *args, "--deploy", "", timeout=600)
+    assert "none: reusing" in proc.stderr and "unified: reusing" in proc.stderr
+    result = json.loads((work / "sface_lfw.json").read_text())
+    assert result["teacher_cache"]["built_s"] is None and result["deploy"] == []
