@@ -144,7 +144,7 @@ def train_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     while todo or running:
         while todo and len(running) < args.jobs:
             r = todo.pop(0)
-            argv = cli("distill", str(recipe_path(r["type"])), "--quiet")
+            argv = cli("distill", str(recipe_path(r["type"])))  # non-TTY: a line per 50 steps
             for o in row_overrides(args, r["type"]):
                 argv += ["--set", o]
             if r["how"] == "resume":
