@@ -222,11 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     # accuracy and agreement of every variant
     pairs_ds = PackedDataset(pairs)
     lfw_ds = PackedDataset(args.lfw) if args.lfw else None
-    from facedistill.evaluation.embedders import Preprocess
-
     pre = loaded.preprocessing
     probe = pairs_ds.images(np.arange(min(256, len(pairs_ds))))
-    x_probe = Preprocess(mean=pre.mean, std=pre.std, bgr=pre.channel_order == "BGR").apply(probe)
+    x_probe = pre.apply(probe)
     ref = run_onnx(ort_session(fp32_path), x_probe)
     rows = []
     for name, path in variants.items():
@@ -295,12 +293,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _calib_inputs(calib: Path, n: int, loaded) -> np.ndarray:
     from facedistill.data.packed import PackedDataset
-    from facedistill.evaluation.embedders import Preprocess
 
     ds = PackedDataset(calib)
     idx = np.sort(np.random.default_rng(0).choice(len(ds), size=min(n, len(ds)), replace=False))
-    pre = loaded.preprocessing
-    return Preprocess(mean=pre.mean, std=pre.std, bgr=pre.channel_order == "BGR").apply(ds.images(idx))
+    return loaded.preprocessing.apply(ds.images(idx))
 
 
 if __name__ == "__main__":

@@ -12,24 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import CheckpointError
 
 STUDENT_FILE = "student.pt"
 SUMMARY_FILE = "summary.json"
-
-
-@dataclass
-class Preprocessing:
-    """How uint8 RGB images become model input: (x - mean) / std, optionally in BGR order."""
-
-    mean: float = 127.5
-    std: float = 127.5
-    channel_order: str = "RGB"
-    input_size: int = 112
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "channel_order": self.channel_order,
-                "input_size": self.input_size}
 
 
 @dataclass
@@ -81,6 +68,7 @@ def load_backbone(path: str | Path, arch: str | None = None, embedding_size: int
     model = create_backbone(arch, embedding_size=int(embedding_size))
     load_backbone_weights(model, state, source=str(ckpt))
     model.eval()
+    # summaries store mean/std as numbers or lists; Preprocessing turns lists into tuples
     pre = Preprocessing(**summary["preprocessing"]) if "preprocessing" in summary else Preprocessing()
     return LoadedBackbone(model=model, arch=arch, embedding_size=int(embedding_size), source=ckpt,
                           preprocessing=pre, recipe_hash=summary.get("recipe_hash", ""), info=summary)

@@ -7,35 +7,18 @@ preprocessing) that keys the teacher-embedding cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import CheckpointError, FaceDistillError
 from facedistill.utils.hashing import sha256_file
-
-
-@dataclass
-class TeacherPreprocessing:
-    mean: float = 127.5
-    std: float = 127.5
-    channel_order: str = "RGB"
-    input_size: int = 112
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) RGB -> float32 model input."""
-        x = x.float()
-        if self.channel_order == "BGR":
-            x = x.flip(1)
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return (x - self.mean) / self.std
 
 
 class Teacher(Protocol):
@@ -46,17 +29,19 @@ class Teacher(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-
-
-def _fingerprint(weights_hash: str, pre: TeacherPreprocessing, extra: dict[str, Any]) -> str:
-    blob = json.dumps({"weights": weights_hash, "pre": pre.__dict__, **extra}, sort_keys=True)
+def _fingerprint(weights_hash: str, pre: Preprocessing, extra: dict[str, Any]) -> str:
+    """Cache key of a teacher. Frozen format: the dict below is what the old ``pre.__dict__`` was
+    (same keys, the values as given), so existing teacher-embedding caches stay valid."""
+    pre_fields = {"mean": pre.mean, "std": pre.std, "channel_order": pre.channel_order,
+                  "input_size": pre.input_size}
+    blob = json.dumps({"weights": weights_hash, "pre": pre_fields, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class TorchTeacher:
     """A frozen torch backbone (eval mode, no gradients)."""
 
-    def __init__(self, model: torch.nn.Module, preprocessing: TeacherPreprocessing, fingerprint: str,
+    def __init__(self, model: torch.nn.Module, preprocessing: Preprocessing, fingerprint: str,
                  description: str, device: torch.device | str = "cpu") -> None:
         self.model = model.eval().to(device)
         for p in self.model.parameters():
@@ -71,7 +56,7 @@ class TorchTeacher:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(self.pre.apply(images.to(self.device))).float()
+        return self.model(self.pre.apply_torch(images.to(self.device))).float()
 
 
 class OnnxTeacher:
@@ -82,7 +67,7 @@ class OnnxTeacher:
     memory (constants folded to fp32, stale inputs removed) before the session is created.
     """
 
-    def __init__(self, path: str | Path, preprocessing: TeacherPreprocessing, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, preprocessing: Preprocessing, threads: int | None = None) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -116,8 +101,7 @@ class OnnxTeacher:
         shape = inp.shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         if isinstance(shape[2], int) and shape[2] != preprocessing.input_size:
-            preprocessing = TeacherPreprocessing(preprocessing.mean, preprocessing.std,
-                                                 preprocessing.channel_order, int(shape[2]))
+            preprocessing = dataclasses.replace(preprocessing, input_size=int(shape[2]))
         self.pre = preprocessing
         self.fingerprint = _fingerprint(sha256_file(self.path), preprocessing, {"kind": "onnx"})
         self.description = f"onnx:{self.path.name}"
@@ -131,7 +115,7 @@ class OnnxTeacher:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.pre.apply(images.cpu()).numpy()
+        x = self.pre.apply_torch(images.cpu()).numpy()
         if self.fixed_batch and self.fixed_batch != x.shape[0]:
             outs = [self._run(x[i:i + 1]) for i in range(x.shape[0])] if self.fixed_batch == 1 else None
             if outs is None:
@@ -145,7 +129,7 @@ class OnnxTeacher:
 
 def build_teacher(cfg: Any, device: torch.device | str = "cpu") -> TorchTeacher | OnnxTeacher | None:
     """Create the teacher described by a recipe's ``teacher`` section (None when type is none)."""
-    pre = TeacherPreprocessing(cfg.mean, cfg.std, cfg.channel_order, cfg.input_size)
+    pre = Preprocessing(cfg.mean, cfg.std, cfg.channel_order, cfg.input_size)
     if cfg.type == "none":
         return None
     if cfg.type == "onnx":

@@ -330,7 +330,8 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
                            device, seed=cfg.train.seed, memory_format=memory_format)
 
     def evaluate_now() -> dict[str, float]:
-        from facedistill.evaluation.embedders import Preprocess, TorchEmbedder, embed_images
+        from facedistill.data.preprocessing import Preprocessing
+        from facedistill.evaluation.embedders import TorchEmbedder, embed_images
         from facedistill.evaluation.protocol import pair_scores, verification_metrics
 
         assert val_set is not None and val_set.pairs is not None
@@ -339,7 +340,7 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
         model = copy.deepcopy(student)  # precise BN on a copy: training keeps its own statistics
         recalibrate(model)
         model.eval()
-        emb = embed_images(TorchEmbedder(model, Preprocess(), device=str(device)), val_set.images(used))
+        emb = embed_images(TorchEmbedder(model, Preprocessing(), device=str(device)), val_set.images(used))
         where = {int(i): k for k, i in enumerate(used)}
         a = emb[[where[int(i)] for i in pairs[:, 0]]]
         b = emb[[where[int(i)] for i in pairs[:, 1]]]

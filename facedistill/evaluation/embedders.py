@@ -7,18 +7,17 @@ An :class:`Embedder` maps uint8 RGB images (N, H, W, 3) to raw float32 embedding
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from facedistill.errors import DataError, FaceDistillError
+from facedistill.data.preprocessing import Preprocessing, check_images
+from facedistill.errors import FaceDistillError
 
 __all__ = [
     "Embedder",
     "OnnxEmbedder",
-    "Preprocess",
     "TorchEmbedder",
     "embed_images",
     "l2_normalise",
@@ -30,85 +29,6 @@ class Embedder(Protocol):
     """``embedder(images)``: uint8 NHWC RGB images -> raw (not normalised) float32 (N, D)."""
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
-
-
-def _check_images(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(f"expected images as (N, H, W, 3) RGB arrays, got shape {images.shape}")
-    if images.dtype != np.uint8:
-        raise DataError(f"expected uint8 images, got dtype {images.dtype}")
-    return images
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """uint8 RGB NHWC -> float32 NCHW: optional RGB->BGR, then ``(x - mean) / std``.
-
-    ``mean``/``std`` are one value for all channels or three values in the *model's* channel order.
-    """
-
-    mean: float | tuple[float, float, float] = 127.5
-    std: float | tuple[float, float, float] = 127.5
-    bgr: bool = False
-    input_size: int = 112
-
-    def apply(self, images: np.ndarray) -> np.ndarray:
-        images = _check_images(images)
-        h, w = images.shape[1:3]
-        if (h, w) != (self.input_size, self.input_size):
-            raise DataError(
-                f"images are {h}x{w} but the model expects {self.input_size}x{self.input_size}"
-            )
-        x = images[..., ::-1] if self.bgr else images
-        x = x.astype(np.float32)
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        x = (x - mean) / std  # broadcasts over the channel axis (NHWC)
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> "Preprocess":
-        """Read ``mean``, ``std``, ``channel_order`` (RGB/BGR), ``input_size`` written by the exporter.
-
-        Missing keys keep the defaults; malformed values raise :class:`FaceDistillError`.
-        """
-        default = cls()
-
-        def number(key: str, value: Any) -> float | tuple[float, float, float]:
-            try:
-                parts = [float(p) for p in str(value).replace("[", "").replace("]", "").split(",") if p.strip()]
-            except ValueError:
-                parts = []
-            if len(parts) == 1:
-                return parts[0]
-            if len(parts) == 3:
-                return parts[0] if parts[0] == parts[1] == parts[2] else (parts[0], parts[1], parts[2])
-            raise FaceDistillError(f"{source}: metadata {key!r} = {value!r} is not a number or three numbers")
-
-        mean = number("mean", meta["mean"]) if "mean" in meta else default.mean
-        std = number("std", meta["std"]) if "std" in meta else default.std
-        bgr = default.bgr
-        if "channel_order" in meta:
-            order = str(meta["channel_order"]).strip().upper()
-            if order not in ("RGB", "BGR"):
-                raise FaceDistillError(
-                    f"{source}: metadata 'channel_order' = {meta['channel_order']!r}, expected 'RGB' or 'BGR'"
-                )
-            bgr = order == "BGR"
-        input_size = default.input_size
-        if "input_size" in meta:
-            raw = str(meta["input_size"]).replace("[", "").replace("]", "").replace("x", ",")
-            try:
-                sizes = {int(float(p)) for p in raw.split(",") if p.strip()}
-            except ValueError:
-                sizes = set()
-            if len(sizes) != 1:
-                raise FaceDistillError(
-                    f"{source}: metadata 'input_size' = {meta['input_size']!r} is not one square size"
-                )
-            input_size = sizes.pop()
-        return cls(mean=mean, std=std, bgr=bgr, input_size=input_size)
 
 
 def _as_2d(out: np.ndarray, source: str) -> np.ndarray:
@@ -123,12 +43,12 @@ def _as_2d(out: np.ndarray, source: str) -> np.ndarray:
 class TorchEmbedder:
     """Embed with a torch module (eval mode, no grad, in batches)."""
 
-    def __init__(self, model: Any, preprocess: Preprocess | None = None, device: str = "cpu", batch_size: int = 128):
+    def __init__(self, model: Any, preprocess: Preprocessing | None = None, device: str = "cpu", batch_size: int = 128):
         import torch
 
         self._torch = torch
         self.model = model
-        self.preprocess = preprocess or Preprocess()
+        self.preprocess = preprocess or Preprocessing()
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -136,7 +56,7 @@ class TorchEmbedder:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         torch = self._torch
-        images = _check_images(images)
+        images = check_images(images)
         self.model.eval()
         outs: list[np.ndarray] = []
         with torch.no_grad():
@@ -163,7 +83,7 @@ class OnnxEmbedder:
     def __init__(
         self,
         path_or_bytes: str | os.PathLike | bytes,
-        preprocess: Preprocess | None = None,
+        preprocess: Preprocessing | None = None,
         batch_size: int = 64,
         threads: int | None = None,
     ):
@@ -217,7 +137,7 @@ class OnnxEmbedder:
             meta = dict(self.session.get_modelmeta().custom_metadata_map or {})
             if "input_size" not in meta and isinstance(h, int) and h == w:
                 meta["input_size"] = str(h)  # no metadata: the graph's own (square) size
-            preprocess = Preprocess.from_metadata(meta, source=self.source)
+            preprocess = Preprocessing.from_metadata(meta, source=self.source)
         self.preprocess = preprocess
 
         if isinstance(c, int) and c != 3:
@@ -234,7 +154,7 @@ class OnnxEmbedder:
                 )
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        images = _check_images(images)
+        images = check_images(images)
         ih, iw = images.shape[1:3]
         mh, mw = self.model_hw
         if (mh is not None and mh != ih) or (mw is not None and mw != iw) or ih != self.preprocess.input_size \
@@ -282,7 +202,7 @@ def embed_images(
     n = len(images)
     out: np.ndarray | None = None
     for start in range(0, n, batch_size):
-        chunk = _check_images(np.asarray(images[start : start + batch_size]))
+        chunk = check_images(np.asarray(images[start : start + batch_size]))
         emb = np.asarray(embedder(chunk), dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != chunk.shape[0]:
             raise FaceDistillError(

@@ -34,8 +34,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import CheckpointError, DataError, FaceDistillError
-from facedistill.evaluation.embedders import OnnxEmbedder, Preprocess, TorchEmbedder
+from facedistill.evaluation.embedders import OnnxEmbedder, TorchEmbedder
 from facedistill.utils.hashing import sha256_file
 
 __all__ = [
@@ -89,16 +90,6 @@ class OpenedModel:
     embedder: Callable[[np.ndarray], np.ndarray]
     # identifying strings for torch-vs-ONNX matching (file digests, paths, recipe hashes)
     identity: dict[str, str] = field(default_factory=dict)
-
-
-
-
-def _pre_dict(pre: Preprocess) -> dict[str, Any]:
-    def num(v: Any) -> Any:
-        return [float(x) for x in v] if isinstance(v, (tuple, list)) else float(v)
-
-    return {"mean": num(pre.mean), "std": num(pre.std), "channel_order": "BGR" if pre.bgr else "RGB",
-            "input_size": int(pre.input_size)}
 
 
 def is_onnx_path(spec: str | os.PathLike) -> bool:
@@ -216,9 +207,7 @@ def _open_torch(path: Path, arch: str | None, batch_size: int, device: str, over
     model = loaded.model
     if device != "cpu":
         model = model.to(device)
-    pp = loaded.preprocessing
-    pre = Preprocess(mean=pp.mean, std=pp.std, bgr=str(pp.channel_order).upper() == "BGR",
-                     input_size=int(pp.input_size))
+    pre = loaded.preprocessing
     ckpt, summary = resolve_checkpoint(path)
     source = "run summary" if "preprocessing" in summary else "default"
     notes = []
@@ -230,7 +219,7 @@ def _open_torch(path: Path, arch: str | None, batch_size: int, device: str, over
     info = ModelInfo(
         name=_default_name(path), path=str(path), kind="torch", precision=precision, precision_source="torch",
         params=int(count_parameters(model)), size_mb=ckpt.stat().st_size / 2**20, arch=loaded.arch,
-        embedding_size=loaded.embedding_size, input_size=pre.input_size, preprocess=_pre_dict(pre),
+        embedding_size=loaded.embedding_size, input_size=pre.input_size, preprocess=pre.to_dict(),
         preprocess_source=source, notes=notes,
     )
     identity = {"sha256": sha256_file(ckpt), "checkpoint": str(ckpt.resolve())}
@@ -314,7 +303,9 @@ def _open_onnx(path: Path, mean: Any, std: Any, bgr: bool | None, batch_size: in
             f"{repaired['removed_inputs']} stale graph input(s) removed. The file is unchanged.")
     meta = dict(embedder.session.get_modelmeta().custom_metadata_map or {})
     has_meta = any(k in meta for k in ("mean", "std", "channel_order"))
-    overrides = {k: v for k, v in (("mean", mean), ("std", std), ("bgr", bgr)) if v is not None}
+    overrides: dict[str, Any] = {k: v for k, v in (("mean", mean), ("std", std)) if v is not None}
+    if bgr is not None:
+        overrides["channel_order"] = "BGR" if bgr else "RGB"
     if has_meta:
         source = "metadata"
         if overrides:
@@ -372,7 +363,7 @@ def _open_onnx(path: Path, mean: Any, std: Any, bgr: bool | None, batch_size: in
         name=_default_name(path), path=str(path), kind="onnx", precision=precision,
         precision_source=precision_source, params=params, size_mb=size_mb,
         arch=meta.get("architecture") or meta.get("arch"),
-        input_size=int(pre.input_size), preprocess=_pre_dict(pre), preprocess_source=source, repaired=repaired,
+        input_size=int(pre.input_size), preprocess=pre.to_dict(), preprocess_source=source, repaired=repaired,
         batch=batch_desc, notes=notes,
     )
     identity = {f"meta:{k}": str(v) for k, v in meta.items()}
@@ -465,11 +456,11 @@ def _as_channels(value: Any, flag: str) -> float | tuple[float, float, float]:
     raise FaceDistillError(f"{flag} takes one value or three (per channel), got {len(vals)}")
 
 
-def _fmt_pre(pre: Preprocess) -> str:
+def _fmt_pre(pre: Preprocessing) -> str:
     def num(v: Any) -> str:
         return "/".join(f"{x:g}" for x in v) if isinstance(v, (tuple, list)) else f"{v:g}"
 
-    return f"{'BGR' if pre.bgr else 'RGB'}, mean {num(pre.mean)}, std {num(pre.std)}, {pre.input_size}x{pre.input_size}"
+    return f"{pre.channel_order}, mean {num(pre.mean)}, std {num(pre.std)}, {pre.input_size}x{pre.input_size}"
 
 
 def _default_name(path: Path) -> str:

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import ExportError, FaceDistillError
 from facedistill.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, check_onnx, set_metadata
 from facedistill.export.parity import (ParityResult, compare_embeddings, locate_divergence, ort_session,
@@ -433,18 +434,6 @@ def _gather_images(calib: str | os.PathLike | None, verify: str | os.PathLike | 
                    pairs_set=pairs_set)
 
 
-def _preprocess(images: np.ndarray, pre: Any) -> np.ndarray:
-    from facedistill.evaluation.embedders import Preprocess
-
-    p = Preprocess(mean=_tuple_or_float(pre.mean), std=_tuple_or_float(pre.std),
-                   bgr=str(pre.channel_order).upper() == "BGR", input_size=int(pre.input_size))
-    return p.apply(images)
-
-
-def _tuple_or_float(v: Any) -> Any:
-    return tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else float(v)
-
-
 # ----------------------------------------------------------------------------------------------
 # measurements
 # ----------------------------------------------------------------------------------------------
@@ -468,14 +457,13 @@ def quick_latency_ms(path: str | os.PathLike, input_size: int = 112, threads: in
     return float(np.median(times) * 1e3)
 
 
-def verification_accuracy(path: str | os.PathLike, pairs_set: Any, pre: Any, batch: int = 64) -> dict[str, Any]:
+def verification_accuracy(path: str | os.PathLike, pairs_set: Any, pre: Preprocessing,
+                          batch: int = 64) -> dict[str, Any]:
     """insightface-style 10-fold accuracy (percent) of an ONNX model on a prepared pair set (flip on)."""
-    from facedistill.evaluation.embedders import OnnxEmbedder, Preprocess, embed_images
+    from facedistill.evaluation.embedders import OnnxEmbedder, embed_images
     from facedistill.evaluation.protocol import pair_scores, verification_metrics
 
-    preprocess = Preprocess(mean=_tuple_or_float(pre.mean), std=_tuple_or_float(pre.std),
-                            bgr=str(pre.channel_order).upper() == "BGR", input_size=int(pre.input_size))
-    embedder = OnnxEmbedder(str(path), preprocess=preprocess, batch_size=batch)
+    embedder = OnnxEmbedder(str(path), preprocess=pre, batch_size=batch)
     pairs = np.asarray(pairs_set.pairs)
     used = np.unique(pairs[:, :2])
     got = embed_images(embedder, pairs_set.images(used), flip=True)
@@ -557,7 +545,7 @@ def export_model(
     notes: list[str] = []
     report = ExportReport(
         source=str(loaded.source), arch=loaded.arch, embedding_size=int(loaded.embedding_size), opset=opset,
-        batch=str(batch), simplified=simplify, preprocessing=_pre_dict(pre),
+        batch=str(batch), simplified=simplify, preprocessing=pre.to_dict(),
         thresholds={"fp32_min_worst_cosine": fp32_min_cosine, "fp16_min_worst_cosine": fp16_min_cosine,
                     "int8_min_mean_cosine": int8_min_cosine, "int8_max_accuracy_drop_points": int8_max_drop},
         notes=notes,
@@ -572,7 +560,7 @@ def export_model(
     _say(progress, "gathering images")
     imgs = _gather_images(calib, verify, int8, calib_images, parity_images, seed, notes)
     report.parity_source = imgs.parity_source
-    x_parity = _preprocess(imgs.parity, pre)
+    x_parity = pre.apply(imgs.parity)
 
     # ---- fp32 ----------------------------------------------------------------------------------
     _say(progress, f"exporting fp32 ONNX (opset {opset})")
@@ -692,7 +680,7 @@ def export_model(
                              gate=f"mean cosine >= {int8_min_cosine}"
                                   + (f", accuracy drop <= {int8_max_drop} points" if verify is not None else ""))
         report.artifacts.append(art)
-        x_calib = _preprocess(imgs.calib, pre)
+        x_calib = pre.apply(imgs.calib)
         report.calibration = {"source": imgs.calib_source, "images": int(len(x_calib)), "method": opts.method}
         _say(progress, f"quantizing to int8 ({opts.method} calibration on {len(x_calib)} images, "
                        f"PReLU mode {opts.prelu})")
@@ -782,12 +770,6 @@ def _fill(art: ArtifactReport, par: ParityResult) -> None:
     art.cosine_mean = round(par.mean, 7)
     art.cosine_images = par.images
     art.passed = par.passed
-
-
-def _pre_dict(pre: Any) -> dict[str, Any]:
-    if hasattr(pre, "to_dict"):
-        return pre.to_dict()
-    return {"mean": pre.mean, "std": pre.std, "channel_order": pre.channel_order, "input_size": pre.input_size}
 
 
 def to_fp16(proto: Any) -> Any:

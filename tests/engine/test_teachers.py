@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from facedistill.engine.teachers import OnnxTeacher, TeacherPreprocessing
+from facedistill.data.preprocessing import Preprocessing
+from facedistill.engine.teachers import OnnxTeacher
 from facedistill.errors import FaceDistillError
 
 
@@ -39,7 +40,7 @@ def export(tmp_path, stale: bool) -> tuple[str, nn.Module]:
 @pytest.mark.parametrize("stale", [False, True])
 def test_onnx_teacher_matches_torch(tmp_path, stale):
     path, model = export(tmp_path, stale)
-    pre = TeacherPreprocessing(mean=0.0, std=1.0, channel_order="BGR")
+    pre = Preprocessing(mean=0.0, std=1.0, channel_order="BGR")
     teacher = OnnxTeacher(path, pre)
     assert teacher.repaired == stale and teacher.embedding_size == 16
     images = torch.randint(0, 256, (5, 3, 112, 112), dtype=torch.uint8)
@@ -50,8 +51,8 @@ def test_onnx_teacher_matches_torch(tmp_path, stale):
 
 def test_onnx_teacher_errors(tmp_path):
     with pytest.raises(FaceDistillError, match="not found"):
-        OnnxTeacher(tmp_path / "missing.onnx", TeacherPreprocessing())
+        OnnxTeacher(tmp_path / "missing.onnx", Preprocessing())
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(FaceDistillError, match="not a readable ONNX model"):
-        OnnxTeacher(bad, TeacherPreprocessing())
+        OnnxTeacher(bad, Preprocessing())

@@ -13,11 +13,11 @@ from torch import nn
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
+from facedistill.data.preprocessing import Preprocessing  # noqa: E402
 from facedistill.errors import DataError, FaceDistillError  # noqa: E402
 from facedistill.evaluation.embedders import (  # noqa: E402
     Embedder,
     OnnxEmbedder,
-    Preprocess,
     TorchEmbedder,
     embed_images,
 )
@@ -86,21 +86,21 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_preprocess_apply():
     img = np.zeros((1, 2, 2, 3), np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = 0, 255, 100
-    x = Preprocess(input_size=2).apply(img)
+    x = Preprocessing(input_size=2).apply(img)
     assert x.dtype == np.float32 and x.shape == (1, 3, 2, 2)
     np.testing.assert_allclose(x[0, :, 0, 0], [-1.0, 1.0, (100 - 127.5) / 127.5], rtol=1e-6)
-    xb = Preprocess(mean=0.0, std=1.0, bgr=True, input_size=2).apply(img)
+    xb = Preprocessing(mean=0.0, std=1.0, channel_order="BGR", input_size=2).apply(img)
     np.testing.assert_array_equal(xb[0, :, 0, 0], [100, 255, 0])
     with pytest.raises(DataError, match="2x2"):
-        Preprocess(input_size=4).apply(img)
+        Preprocessing(input_size=4).apply(img)
 
 
 def test_torch_matches_onnx(images, onnx_dynamic, tmp_path):
     net = make_net()
-    te = TorchEmbedder(net, Preprocess(input_size=SIZE), batch_size=3)
+    te = TorchEmbedder(net, Preprocessing(input_size=SIZE), batch_size=3)
     path = tmp_path / "tiny.onnx"
     path.write_bytes(onnx_dynamic)
-    oe = OnnxEmbedder(path, Preprocess(input_size=SIZE), batch_size=4, threads=1)
+    oe = OnnxEmbedder(path, Preprocessing(input_size=SIZE), batch_size=4, threads=1)
     assert oe.fixed_batch is None and oe.batch_size == 4
     assert isinstance(te, Embedder) and isinstance(oe, Embedder)
     a, b = te(images), oe(images)
@@ -114,11 +114,11 @@ def test_torch_matches_onnx(images, onnx_dynamic, tmp_path):
 def test_onnx_reads_metadata(images):
     meta = {"mean": "100.0", "std": "50.0", "channel_order": "BGR", "input_size": str(SIZE)}
     oe = OnnxEmbedder(export(make_net(), meta=meta))
-    assert oe.preprocess == Preprocess(mean=100.0, std=50.0, bgr=True, input_size=SIZE)
-    te = TorchEmbedder(make_net(), Preprocess(mean=100.0, std=50.0, bgr=True, input_size=SIZE))
+    assert oe.preprocess == Preprocessing(mean=100.0, std=50.0, channel_order="BGR", input_size=SIZE)
+    te = TorchEmbedder(make_net(), Preprocessing(mean=100.0, std=50.0, channel_order="BGR", input_size=SIZE))
     assert cosine(te(images), oe(images)).min() > 0.9999
     # no metadata -> defaults (with the graph's size)
-    assert OnnxEmbedder(export(make_net())).preprocess == Preprocess(input_size=SIZE)
+    assert OnnxEmbedder(export(make_net())).preprocess == Preprocessing(input_size=SIZE)
     with pytest.raises(FaceDistillError, match="channel_order"):
         OnnxEmbedder(export(make_net(), meta={"channel_order": "YUV", "input_size": str(SIZE)}))
 
@@ -156,22 +156,22 @@ def test_wrong_input_size(onnx_dynamic, tmp_path):
     msg = str(e.value)
     assert str(path) in msg and f"{SIZE}x{SIZE}" in msg and f"{SIZE + 8}x{SIZE + 8}" in msg
     with pytest.raises(FaceDistillError, match="input_size 112"):
-        OnnxEmbedder(path, Preprocess())  # graph is 32x32, preprocess says 112
+        OnnxEmbedder(path, Preprocessing())  # graph is 32x32, preprocess says 112
     with pytest.raises(FaceDistillError, match="not found"):
         OnnxEmbedder(tmp_path / "missing.onnx")
 
 
 def test_fixed_batch_one(images):
-    oe = OnnxEmbedder(export(make_net(), batch=1), Preprocess(input_size=SIZE), batch_size=64)
+    oe = OnnxEmbedder(export(make_net(), batch=1), Preprocessing(input_size=SIZE), batch_size=64)
     assert oe.fixed_batch == 1 and oe.batch_size == 1
-    te = TorchEmbedder(make_net(), Preprocess(input_size=SIZE))
+    te = TorchEmbedder(make_net(), Preprocessing(input_size=SIZE))
     assert cosine(te(images), oe(images)).min() > 0.9999
 
 
 def test_fixed_batch_padding(images):
-    oe = OnnxEmbedder(export(make_net(), batch=4), Preprocess(input_size=SIZE))
+    oe = OnnxEmbedder(export(make_net(), batch=4), Preprocessing(input_size=SIZE))
     assert oe.fixed_batch == 4
-    te = TorchEmbedder(make_net(), Preprocess(input_size=SIZE))
+    te = TorchEmbedder(make_net(), Preprocessing(input_size=SIZE))
     out = oe(images)  # 7 images: batches of 4, the last padded
     assert out.shape == (7, 16)
     assert cosine(te(images), out).min() > 0.9999
@@ -179,7 +179,7 @@ def test_fixed_batch_padding(images):
 
 def test_output_not_2d():
     with pytest.raises(FaceDistillError, match=r"\(batch, dim\)"):
-        OnnxEmbedder(export(make_net(flat=False)), Preprocess(input_size=SIZE))
-    te = TorchEmbedder(make_net(flat=False), Preprocess(input_size=SIZE))
+        OnnxEmbedder(export(make_net(flat=False)), Preprocessing(input_size=SIZE))
+    te = TorchEmbedder(make_net(flat=False), Preprocessing(input_size=SIZE))
     with pytest.raises(FaceDistillError, match=r"\(batch, dim\)"):
         te(np.zeros((1, SIZE, SIZE, 3), np.uint8))

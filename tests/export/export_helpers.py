@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from facedistill.engine.artifacts import LoadedBackbone, Preprocessing
+from facedistill.data.preprocessing import Preprocessing
+from facedistill.engine.artifacts import LoadedBackbone
 
 
 class TinyFaceNet(nn.Module):

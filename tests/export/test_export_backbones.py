@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from facedistill.evaluation.embedders import Preprocess
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.export import check_onnx, export_model, read_metadata
 from facedistill.export.parity import cosine_rows, ort_session, run_torch
 
@@ -27,7 +27,7 @@ def _check_backbone_file(path, model, arch, faces, emb=512):
     assert meta["architecture"] == arch and meta["embedding_size"] == str(emb)
     assert meta["precision"] == "fp32" and meta["input_size"] == "112"
     sess = ort_session(path)
-    x = Preprocess().apply(faces[:7])
+    x = Preprocessing().apply(faces[:7])
     ref = run_torch(model, x)
     for b in (1, 7):  # the batch axis really is dynamic
         y = np.asarray(sess.run(None, {"input": x[:b]})[0])

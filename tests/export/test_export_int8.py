@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 import pytest
 
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import ExportError
-from facedistill.evaluation.embedders import Preprocess
 from facedistill.export import ExportGateError, Int8Options, check_onnx, export_model, read_metadata
 from facedistill.export.parity import cosine_rows, ort_session, run_onnx
 from facedistill.export.quantize import (find_head_nodes, find_stem_nodes, int8_options_from_cli,
@@ -24,7 +24,7 @@ def test_prelu_rewrites_are_exact(tiny_export, faces, mode):
     assert count == n_prelu == len(mapping) == 4
     assert not any(n.op_type == "PRelu" for n in rewritten.graph.node)
     onnx.checker.check_model(rewritten)
-    x = Preprocess().apply(faces[:4])
+    x = Preprocessing().apply(faces[:4])
     a = run_onnx(ort_session(path), x)
     b = run_onnx(ort_session(rewritten), x)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -47,14 +47,14 @@ def test_default_int8_graph(tiny_export, faces, tmp_path):
     """Default: dense convs int8; stem, head, depthwise convs and PReLUs (rewritten) float."""
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
-    res = quantize_int8(path, out, Preprocess().apply(faces[:24]), Int8Options())
+    res = quantize_int8(path, out, Preprocessing().apply(faces[:24]), Int8Options())
     assert res.prelu_mode == "linear" and res.prelu_count == 4
     ops = optimized_op_counts(out)
     assert ops.get("QLinearConv", 0) == 4, ops  # conv2, block.0, block.3, down
     assert "PRelu" not in ops and ops.get("QLinearMul", 0) == 0, ops
     assert ops.get("QLinearAdd", 0) == 1, ops  # the residual add
-    y = run_onnx(ort_session(out), Preprocess().apply(faces[24:40]))
-    ref = run_onnx(ort_session(path), Preprocess().apply(faces[24:40]))
+    y = run_onnx(ort_session(out), Preprocessing().apply(faces[24:40]))
+    ref = run_onnx(ort_session(path), Preprocessing().apply(faces[24:40]))
     assert cosine_rows(ref, y).mean() > 0.99
     names = [n.name for n in onnx.load(str(out)).graph.node]
     assert all(n[0] == "n" and n[1:].isdigit() for n in names)  # compacted names
@@ -64,7 +64,7 @@ def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
     """PReLUs quantized with the linear rewrite: onnxruntime runs QLinearMul/QLinearAdd, no PRelu."""
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
-    calib = Preprocess().apply(faces[:24])
+    calib = Preprocessing().apply(faces[:24])
     res = quantize_int8(onnx.load(str(path)), out, calib, Int8Options(keep_float=("stem", "head")))
     assert res.prelu_mode == "linear" and res.prelu_count == 4
     assert res.quantized_ops.get("QuantizeLinear", 0) > 0
@@ -75,22 +75,22 @@ def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
     assert ops.get("QLinearConv", 0) == 4, ops
     assert "PRelu" not in ops, ops
     assert ops.get("QLinearMul", 0) == 6 and ops.get("QLinearAdd", 0) >= 3, ops
-    y = run_onnx(ort_session(out), Preprocess().apply(faces[24:40]))
-    ref = run_onnx(ort_session(path), Preprocess().apply(faces[24:40]))
+    y = run_onnx(ort_session(out), Preprocessing().apply(faces[24:40]))
+    ref = run_onnx(ort_session(path), Preprocessing().apply(faces[24:40]))
     assert cosine_rows(ref, y).mean() > 0.98
 
 
 def test_prelu_float_mode_keeps_prelu(tiny_export, faces, tmp_path):
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
-    quantize_int8(path, out, Preprocess().apply(faces[:16]), Int8Options(prelu="float", keep_float=()))
+    quantize_int8(path, out, Preprocessing().apply(faces[:16]), Int8Options(prelu="float", keep_float=()))
     ops = optimized_op_counts(out)
     assert ops.get("PRelu", 0) == 4 and ops.get("QLinearConv", 0) >= 5, ops
 
 
 def test_keep_depthwise_float(tiny_export, faces, tmp_path):
     path, _ = tiny_export
-    res = quantize_int8(path, tmp_path / "q.onnx", Preprocess().apply(faces[:8]),
+    res = quantize_int8(path, tmp_path / "q.onnx", Preprocessing().apply(faces[:8]),
                         Int8Options(keep_float=("depthwise",)))
     assert any("gdc" in n for n in res.excluded_nodes)  # the only grouped conv of the tiny model
     assert not any("stem" in n for n in res.excluded_nodes)
@@ -100,11 +100,11 @@ def test_keep_float_by_node_name(tiny_export, faces, tmp_path):
     path, _ = tiny_export
     model = onnx.load(str(path))
     name = next(n.name for n in model.graph.node if n.op_type == "Conv" and "block" in n.name)
-    res = quantize_int8(model, tmp_path / "q.onnx", Preprocess().apply(faces[:8]),
+    res = quantize_int8(model, tmp_path / "q.onnx", Preprocessing().apply(faces[:8]),
                         Int8Options(keep_float=(name,)))
     assert res.excluded_nodes == [name]
     with pytest.raises(ExportError, match="nor a node named"):
-        quantize_int8(model, tmp_path / "q2.onnx", Preprocess().apply(faces[:8]),
+        quantize_int8(model, tmp_path / "q2.onnx", Preprocessing().apply(faces[:8]),
                       Int8Options(keep_float=("nope",)))
 
 
@@ -187,8 +187,8 @@ def test_fp16_export(tiny, tmp_path, faces):
 def test_other_calibration_methods(tiny_export, faces, tmp_path, method):
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
-    res = quantize_int8(path, out, Preprocess().apply(faces[:16]), Int8Options(method=method))
+    res = quantize_int8(path, out, Preprocessing().apply(faces[:16]), Int8Options(method=method))
     assert res.method == method
-    y = run_onnx(ort_session(out), Preprocess().apply(faces[16:24]))
-    ref = run_onnx(ort_session(path), Preprocess().apply(faces[16:24]))
+    y = run_onnx(ort_session(out), Preprocessing().apply(faces[16:24]))
+    ref = run_onnx(ort_session(path), Preprocessing().apply(faces[16:24]))
     assert cosine_rows(ref, y).mean() > 0.95

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from facedistill import __version__
-from facedistill.engine.artifacts import Preprocessing
+from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import ExportError
 from facedistill.export import build_metadata, check_onnx, read_metadata
 from facedistill.export.metadata import REQUIRED_KEYS, content_digest
@@ -37,13 +37,13 @@ def test_metadata_keys_and_values(tiny_export):
 def test_embedders_read_our_metadata(tiny_export, tiny, faces):
     """evaluate/benchmark build their preprocessing from these keys: the ONNX embedder must give the
     PyTorch embeddings without being told the preprocessing."""
-    from facedistill.evaluation.embedders import OnnxEmbedder, Preprocess, TorchEmbedder
+    from facedistill.evaluation.embedders import OnnxEmbedder, TorchEmbedder
 
     path, _ = tiny_export
     onnx_emb = OnnxEmbedder(path)  # preprocessing from metadata
-    assert onnx_emb.preprocess == Preprocess(mean=127.5, std=127.5, bgr=False, input_size=112)
+    assert onnx_emb.preprocess == Preprocessing(mean=127.5, std=127.5, channel_order="RGB", input_size=112)
     a = onnx_emb(faces[:5])
-    b = TorchEmbedder(tiny.model, Preprocess())(faces[:5])
+    b = TorchEmbedder(tiny.model, Preprocessing())(faces[:5])
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.9999
 

@@ -44,7 +44,7 @@ def test_no_debug_copy_when_not_wanted(broken, tmp_path):
 
 def test_locate_divergence_finds_a_tampered_weight(tiny_export, tiny, faces):
     """Change one conv's weights in a good export: the localiser points at exactly that conv."""
-    from facedistill.evaluation.embedders import Preprocess
+    from facedistill.data.preprocessing import Preprocessing
 
     path, _ = tiny_export
     model = onnx.load(str(path))
@@ -53,7 +53,7 @@ def test_locate_divergence_finds_a_tampered_weight(tiny_export, tiny, faces):
     w = onnx.numpy_helper.to_array(init).copy()
     w *= np.random.default_rng(0).uniform(-1, 1, size=w.shape).astype(np.float32)
     init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
-    x = Preprocess().apply(faces[:2])
+    x = Preprocessing().apply(faces[:2])
     div = locate_divergence(tiny.model, model, x)
     assert div is not None
     assert div.node == target.name and div.op_type == "Conv"
@@ -62,10 +62,10 @@ def test_locate_divergence_finds_a_tampered_weight(tiny_export, tiny, faces):
 
 
 def test_locate_divergence_none_for_good_export(tiny_export, tiny, faces):
-    from facedistill.evaluation.embedders import Preprocess
+    from facedistill.data.preprocessing import Preprocessing
 
     path, _ = tiny_export
-    assert locate_divergence(tiny.model, path, Preprocess().apply(faces[:1])) is None
+    assert locate_divergence(tiny.model, path, Preprocessing().apply(faces[:1])) is None
 
 
 def test_threshold_is_configurable(broken, tmp_path):
@@ -87,14 +87,14 @@ def test_cosine_helpers():
 
 
 def test_dynamic_batch_runs_1_and_7(tiny_export, tiny, faces):
-    from facedistill.evaluation.embedders import Preprocess
+    from facedistill.data.preprocessing import Preprocessing
     from facedistill.export.parity import run_torch
 
     path, report = tiny_export
     assert report.batch_check == [1, 7]
     sess = ort_session(path)
     assert not isinstance(sess.get_inputs()[0].shape[0], int)
-    x = Preprocess().apply(faces[:7])
+    x = Preprocessing().apply(faces[:7])
     ref = run_torch(tiny.model, x)
     for b in (1, 7):
         y = np.asarray(sess.run(None, {"input": x[:b]})[0])
