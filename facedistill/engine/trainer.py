@@ -293,6 +293,7 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
     step = 0
+    wall_before = 0.0  # wall time of earlier sessions of this run (up to their last checkpoint)
     if resume:
         if not ckpt_path.is_file():
             raise FaceDistillError(f"--resume: {ckpt_path} does not exist; start the run without --resume")
@@ -305,7 +306,9 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
+        wall_before = float(state.get("wall_time_s", 0.0))
         monitor.message(f"resumed from {ckpt_path} at step {step}/{total_steps}")
+    start_step = step
     metrics_path = run_dir / METRICS_FILE
     if dist.is_main:
         kept = _read_metrics(metrics_path, max_step=step) if resume else []
@@ -320,7 +323,8 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
     def checkpoint_state() -> dict[str, Any]:
         return {"step": step, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                "recipe_hash": cfg.hash(), "facedistill_version": __version__}
+                "recipe_hash": cfg.hash(), "facedistill_version": __version__,
+                "wall_time_s": wall_before + time.time() - start_time}
 
     def recalibrate(model: nn.Module) -> None:
         from facedistill.engine.precise_bn import recompute_bn_stats
@@ -454,7 +458,10 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
             "steps": step,
             "epochs": round(step / steps_per_epoch, 3),
             "train_images": len(train_set),
-            "wall_time_s": round(wall, 2),
+            # Across sessions when resumed (time lost after a crash's last checkpoint is not counted).
+            "wall_time_s": round(wall_before + wall, 2),
+            "session_wall_time_s": round(wall, 2),
+            "resumed_from_step": start_step if resume else None,
             "images_per_s": round(images_seen / wall, 2) if wall > 0 else None,
             "device": str(device),
             "world_size": dist.world_size,

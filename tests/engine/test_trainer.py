@@ -121,8 +121,10 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_synthetic, te
         time.sleep(0.2)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    step = torch.load(ckpt, weights_only=True)["step"]
+    killed_state = torch.load(ckpt, weights_only=True)
+    step = killed_state["step"]
     assert 4 <= step < 12, "the run must be killed mid-way for this test to mean anything"
+    assert killed_state["wall_time_s"] > 0
     p = _run_cli(["distill", str(killed), "-q", "--resume"])
     out = p.communicate(timeout=600)[0]
     assert p.returncode == 0, out
@@ -133,6 +135,12 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_synthetic, te
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(l)["step"] for l in (tmp_path / "runs" / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 12
+    # The summary's wall time covers both sessions; the resumed session's own time is kept apart.
+    summary = json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == step
+    assert summary["wall_time_s"] == pytest.approx(killed_state["wall_time_s"] + summary["session_wall_time_s"],
+                                                   abs=0.02)
+    assert json.loads((tmp_path / "runs" / "straight" / "summary.json").read_text())["resumed_from_step"] is None
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_synthetic):
