@@ -64,7 +64,7 @@ def load_student(model: str | None, arch: str, seed: int, settle_images: np.ndar
     """(LoadedBackbone, is_random)."""
     import torch
 
-    from facedistill.engine.artifacts import LoadedBackbone, load_backbone
+    from facedistill.models.checkpoints import LoadedBackbone, load_backbone
     from facedistill.models import create_backbone
 
     if model and Path(model).exists():

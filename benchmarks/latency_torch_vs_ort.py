@@ -43,7 +43,7 @@ def build_student(checkpoint: str | None):
     import torch
 
     if checkpoint:
-        from facedistill.engine.artifacts import load_backbone
+        from facedistill.models.checkpoints import load_backbone
 
         loaded = load_backbone(checkpoint)
         return loaded.model.eval(), loaded
@@ -68,7 +68,7 @@ def onnx_models(model, loaded, out_dir: Path, source: str, calib_images: int) ->
     """fp32 and int8 ONNX files and a line saying where they came from."""
     if source in ("auto", "export"):
         try:
-            from facedistill.engine.artifacts import LoadedBackbone
+            from facedistill.models.checkpoints import LoadedBackbone
             from facedistill.export import export_model
         except ImportError:
             if source == "export":

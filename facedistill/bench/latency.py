@@ -378,7 +378,7 @@ def _bench_torch(entry: ModelEntry, batches: Sequence[int], threads_list: Sequen
     except ImportError:
         raise BenchmarkError("--torch needs PyTorch, which is not installed here (the slim runtime "
                              "image has none): use the `full` image or drop --torch.") from None
-    from facedistill.engine.artifacts import load_backbone, resolve_checkpoint
+    from facedistill.models.checkpoints import load_backbone, resolve_checkpoint
 
     ckpt, _ = resolve_checkpoint(entry.path)
     size = ckpt.stat().st_size / 2**20

@@ -135,7 +135,7 @@ def build_teacher(cfg: Any, device: torch.device | str = "cpu") -> TorchTeacher 
     if cfg.type == "onnx":
         teacher = OnnxTeacher(cfg.onnx, pre)
     else:
-        from facedistill.engine.artifacts import load_backbone
+        from facedistill.models.checkpoints import load_backbone
 
         try:
             loaded = load_backbone(cfg.checkpoint, arch=cfg.arch, embedding_size=cfg.embedding_size)

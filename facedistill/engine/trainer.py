@@ -32,7 +32,7 @@ from facedistill import __version__
 from facedistill.config.recipe import Recipe
 from facedistill.data.packed import PackedDataset
 from facedistill.engine import distributed as ddp
-from facedistill.engine.artifacts import STUDENT_FILE, SUMMARY_FILE
+from facedistill.models.checkpoints import STUDENT_FILE, SUMMARY_FILE
 from facedistill.errors import FaceDistillError, RecipeError
 from facedistill.utils.atomic import atomic_path, write_json_atomic, write_text_atomic
 
@@ -249,7 +249,7 @@ def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) 
     np.random.seed(cfg.train.seed)
     student = create_backbone(cfg.student.arch, embedding_size=cfg.student.embedding_size)
     if cfg.student.checkpoint:
-        from facedistill.engine.artifacts import load_backbone
+        from facedistill.models.checkpoints import load_backbone
 
         init = load_backbone(cfg.student.checkpoint, arch=cfg.student.arch,
                              embedding_size=cfg.student.embedding_size)

@@ -2,7 +2,7 @@
 
 Models
     * a run folder (``runs/<name>/`` with ``student.pt``) or a backbone state dict (facedistill
-      ``student.pt``, arcface_torch ``model.pt``): loaded with :func:`facedistill.engine.artifacts.load_backbone`
+      ``student.pt``, arcface_torch ``model.pt``): loaded with :func:`facedistill.models.checkpoints.load_backbone`
       (``weights_only``), run in torch. Preprocessing from the run summary, else insightface's
       default (RGB, mean 127.5, std 127.5).
     * an ``.onnx`` file (fp32, fp16 or int8): run in onnxruntime; no torch needed. Preprocessing
@@ -193,7 +193,7 @@ def _open_torch(path: Path, arch: str | None, batch_size: int, device: str, over
         raise FaceDistillError(
             f"{path}: evaluating a torch checkpoint needs PyTorch, which is not installed here. "
             "Export it to ONNX (`facedistill export`) and evaluate the .onnx file, or install torch.") from e
-    from facedistill.engine.artifacts import load_backbone, resolve_checkpoint
+    from facedistill.models.checkpoints import load_backbone, resolve_checkpoint
     from facedistill.models import count_parameters
 
     if path.is_file() and path.suffix.lower() in BIN_SUFFIXES + PAIRS_SUFFIXES:
@@ -235,7 +235,7 @@ def _checkpoint_hint(path: Path, arch: str | None, err: Exception) -> str:
     msg = str(err)
     guess = None
     try:
-        from facedistill.engine.artifacts import resolve_checkpoint
+        from facedistill.models.checkpoints import resolve_checkpoint
         from facedistill.models import infer_arch, load_state_dict_file
 
         ckpt, _ = resolve_checkpoint(path)

@@ -512,7 +512,7 @@ def export_model(
 
     ``model_path``: a run folder (``runs/<name>/``) or a backbone state dict (``arch`` then names the
     architecture when the keys cannot tell). ``loaded``: an already loaded
-    :class:`facedistill.engine.artifacts.LoadedBackbone` instead (``model_path`` may then be None).
+    :class:`facedistill.models.checkpoints.LoadedBackbone` instead (``model_path`` may then be None).
     ``progress(message)`` is told about each stage. ``keep_rejected``: an int8 model that fails its gate
     is kept as ``<stem>.int8.rejected.onnx`` (never under the final name). Returns the report; raises
     :class:`ExportGateError` (a :class:`FaceDistillError`) when a gate fails, with ``.report`` set.
@@ -538,7 +538,7 @@ def export_model(
     if loaded is None:
         if model_path is None:
             raise ExportError("no model given: pass a run folder or a state dict")
-        from facedistill.engine.artifacts import load_backbone
+        from facedistill.models.checkpoints import load_backbone
 
         loaded = load_backbone(model_path, arch=arch, embedding_size=embedding_size)
     pre = loaded.preprocessing

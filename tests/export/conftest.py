@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from export_helpers import BrokenFaceNet, TinyFaceNet, loaded_backbone, settle_bn
-from facedistill.engine.artifacts import LoadedBackbone
+from facedistill.models.checkpoints import LoadedBackbone
 
 
 @pytest.fixture(scope="session")

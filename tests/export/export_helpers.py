@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from facedistill.data.preprocessing import Preprocessing
-from facedistill.engine.artifacts import LoadedBackbone
+from facedistill.models.checkpoints import LoadedBackbone
 
 
 class TinyFaceNet(nn.Module):

@@ -57,7 +57,7 @@ def test_mobilefacenet_via_cli(tmp_path, faces):
 
 
 def _export_arch(arch, tmp_path, faces):
-    from facedistill.engine.artifacts import LoadedBackbone
+    from facedistill.models.checkpoints import LoadedBackbone
     from facedistill.models import create_backbone
 
     from export_helpers import settle_bn
@@ -85,7 +85,7 @@ def test_bigger_iresnets(arch, tmp_path, faces):
 @pytest.mark.slow
 def test_mobilefacenet_int8_end_to_end(tmp_path, faces, train_set, pair_set):
     """The real student through the int8 path (calibration, gates, both accuracies)."""
-    from facedistill.engine.artifacts import LoadedBackbone
+    from facedistill.models.checkpoints import LoadedBackbone
     from facedistill.models import create_backbone
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ from facedistill.cli.main import app
 
 @pytest.fixture
 def fake_loader(tiny, monkeypatch):
-    import facedistill.engine.artifacts as artifacts
+    import facedistill.models.checkpoints as artifacts
 
     monkeypatch.setattr(artifacts, "load_backbone", lambda path, arch=None, embedding_size=None: tiny)
 
