@@ -158,35 +158,11 @@ def make_recipe(args: argparse.Namespace, data: Path, kind: str, seed: int | Non
 
 
 def train_or_reuse(recipe, monitor, log, label: str) -> tuple[dict[str, Any], str]:
-    """(summary, 'reused'|'resumed'|'trained')."""
-    from facedistill.engine.trainer import CHECKPOINT_FILE, train
+    """(summary, 'reused'|'resumed'|'trained'): the engine decides (facedistill.engine.run_state)."""
+    from facedistill.engine.run_state import train_or_reuse as engine_train_or_reuse
 
-    run_dir = recipe.run_dir
-    summary_file = run_dir / "summary.json"
-    if summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("recipe_hash") == recipe.hash():
-            log(f"{label}: reusing {run_dir}")
-            return summary, "reused"
-    resume = False
-    ckpt = run_dir / CHECKPOINT_FILE
-    if ckpt.is_file():
-        import torch
-
-        try:
-            state_hash = torch.load(ckpt, map_location="cpu", weights_only=True).get("recipe_hash")
-        except Exception:  # noqa: BLE001 - a corrupt checkpoint is as good as none
-            state_hash = None
-        resume = state_hash == recipe.hash()
-    if not resume and (ckpt.is_file() or summary_file.is_file()):
-        stale = run_dir.parent / "stale" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        stale.parent.mkdir(parents=True, exist_ok=True)
-        run_dir.rename(stale)
-        log(f"{label}: {run_dir} was written by another recipe; moved it to {stale}")
-    log(f"{label}: {'resuming' if resume else 'training'} {recipe.student.arch} "
-        f"(distill: {recipe.loss.distill.type}, seed {recipe.train.seed}, {recipe.train.epochs:g} epochs)")
-    summary = train(recipe, resume=resume, monitor=monitor).summary
-    return summary, "resumed" if resume else "trained"
+    summary, action = engine_train_or_reuse(recipe, monitor, log, label=label)
+    return summary, {"reuse": "reused", "resume": "resumed", "train": "trained"}[action]
 
 
 # --------------------------------------------------------------------------------------------

@@ -86,33 +86,18 @@ def row_overrides(args: argparse.Namespace, kind: str) -> list[str]:
 
 
 def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Load every row's recipe (errors now, not after an hour) and decide reuse / resume / train."""
-    import torch
+    """Load every row's recipe (errors now, not after an hour) and decide reuse / resume / train.
 
+    The decision (and moving a folder of another recipe aside) is the engine's: run_state.prepare_run.
+    """
     from facedistill.config import load_recipe
-    from facedistill.engine.trainer import CHECKPOINT_FILE
+    from facedistill.engine.run_state import prepare_run
 
     rows = []
     for kind in args.type_list:
         recipe = load_recipe(recipe_path(kind), row_overrides(args, kind))
-        run_dir = recipe.run_dir
-        how = "train"
-        summary = run_dir / "summary.json"
-        ckpt = run_dir / CHECKPOINT_FILE
-        if summary.is_file() and json.loads(summary.read_text()).get("recipe_hash") == recipe.hash():
-            how = "reuse"
-        elif ckpt.is_file():
-            try:
-                state = torch.load(ckpt, map_location="cpu", weights_only=True)
-                how = "resume" if state.get("recipe_hash") == recipe.hash() else "train"
-            except Exception:  # noqa: BLE001 - unreadable: start over
-                how = "train"
-        if how == "train" and run_dir.exists() and any(run_dir.iterdir()):
-            stale = run_dir.parent / "stale" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-            stale.parent.mkdir(parents=True, exist_ok=True)
-            run_dir.rename(stale)
-            log(f"{kind}: {run_dir} was written by another recipe; moved to {stale}")
-        rows.append({"type": kind, "recipe": recipe, "run_dir": run_dir, "how": how})
+        state = prepare_run(recipe, lambda msg, kind=kind: log(f"{kind}: {msg}"))
+        rows.append({"type": kind, "recipe": recipe, "run_dir": state.run_dir, "how": state.action})
     return rows
 
 
@@ -214,14 +199,10 @@ def deploy(args: argparse.Namespace, row: dict[str, Any], teacher_onnx: Path, tr
 
 # --------------------------------------------------------------------------------------------
 def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str, Any]:
-    by_model = {r["model_path"]: r for r in evaluation["results"]}
+    by_spec = {r["model_spec"]: r for r in evaluation["results"]}  # evaluate_all passed str(path) verbatim
 
     def acc_of(path: str) -> dict[str, Any]:
-        hit = by_model.get(path) or next((v for k, v in by_model.items() if Path(k).resolve() == Path(path).resolve()
-                                          or Path(path).resolve() in Path(k).resolve().parents), None)
-        if hit is None:
-            hit = next(r for r in evaluation["results"] if Path(r["model"]).name == Path(path).name)
-        return hit
+        return by_spec[path]
 
     t = acc_of(str(teacher_onnx))
     table = [{"model": "teacher (SFace, ONNX)", "accuracy": t["accuracy"], "accuracy_std": t["accuracy_std"],
@@ -240,9 +221,8 @@ def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str
                             "accuracy_std": t["accuracy_std"], "size_mb": tb["size_mb"] if tb else None,
                             "p50_ms": tb["p50_ms"] if tb else None, "speedup_vs_teacher": 1.0})
         for res in deployed["evaluate"]["results"]:
-            b = bench.get(Path(res["model_path"]).resolve())
-            art = next((a for a in deployed["export"]["artifacts"]
-                        if Path(a["path"]).resolve() == Path(res["model_path"]).resolve()), {})
+            b = bench.get(Path(res["model_spec"]).resolve())
+            art = next((a for a in deployed["export"]["artifacts"] if a["path"] == res["model_spec"]), {})
             deploy_rows.append({"model": f"{args.deploy} student {res['precision']} ONNX", "accuracy": res["accuracy"],
                                 "accuracy_std": res["accuracy_std"], "size_mb": b["size_mb"] if b else None,
                                 "p50_ms": b["p50_ms"] if b else None,

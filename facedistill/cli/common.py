@@ -5,21 +5,46 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
 from facedistill.errors import FaceDistillError
 from facedistill.utils.atomic import write_json_atomic
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# Width of tables and lines when the output is not a terminal (docker run without -t, CI, nohup):
+# rich would fall back to 80 columns and squeeze a wide table into one-character columns. Tables
+# take only their natural width, so a generous width costs nothing. COLUMNS still wins when set.
+PLAIN_WIDTH = 240
+# Progress lines when the output is not a terminal: one at each stage change and one every this
+# many seconds, with done/total, rate and ETA (a log that stays silent for minutes looks hung).
+PLAIN_PROGRESS_EVERY_S = 20.0
+
+
+class AppConsole(Console):
+    """A rich console that stays readable when its output is a pipe or a file."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(max(size.width, PLAIN_WIDTH), size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console = AppConsole(stderr=False, highlight=False)
+err_console = AppConsole(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,22 +84,61 @@ def progress_bar(description: str, total: int | None, enabled: bool = True) -> I
         yield lambda n=1: progress.advance(task, n)
 
 
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class PlainProgress:
+    """Progress as plain lines for logs: done/total, rate and ETA, at most every ``every_s`` seconds.
+
+    ``update(done, info)`` prints when the interval has passed (or ``force``); the clock is the
+    caller's (``time.monotonic`` by default) so tests can drive it.
+    """
+
+    def __init__(self, description: str, total: int | None, unit: str = "", every_s: float = PLAIN_PROGRESS_EVERY_S,
+                 start_done: int = 0, clock: Callable[[], float] = time.monotonic,
+                 write: Callable[[str], None] | None = None) -> None:
+        self.description, self.total, self.unit, self.every_s = description, total, unit, every_s
+        self.clock = clock
+        self.write = write or (lambda line: err_console.print(line, highlight=False, markup=False))
+        self.start = self.last = clock()
+        self.start_done = self.done = start_done
+
+    def line(self, info: str = "") -> str:
+        elapsed = self.clock() - self.start
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        parts = [f"{self.description}: {self.done}" + (f"/{self.total}" if self.total else "") +
+                 (f" {self.unit}" if self.unit else "")]
+        if self.total:
+            parts.append(f"{100 * self.done / self.total:.0f}%")
+        parts.append(f"{format_eta(elapsed)} elapsed")
+        if rate > 0:
+            parts.append(f"{rate:.2f} {self.unit or 'items'}/s")
+            if self.total:
+                parts.append(f"ETA {format_eta((self.total - self.done) / rate)}")
+        return ", ".join(parts) + (f" | {info}" if info else "")
+
+    def update(self, done: int, info: str = "", force: bool = False) -> None:
+        self.done = done
+        now = self.clock()
+        if force or now - self.last >= self.every_s:
+            self.write(self.line(info))
+            self.last = now
+
+
 def _plain_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    start = time.monotonic()
-    done = 0
-    next_quarter = 1
-    err_console.print(f"{description}: started" + (f" ({total})" if total else ""))
+    err_console.print(f"{description}: started" + (f" ({total})" if total else ""), markup=False)
+    progress = PlainProgress(description, total)
 
     def advance(n: int = 1) -> None:
-        nonlocal done, next_quarter
-        done += n
-        while total and next_quarter < 4 and done >= next_quarter * total / 4:
-            err_console.print(f"{description}: {done}/{total} ({time.monotonic() - start:.0f} s)")
-            next_quarter += 1
+        progress.update(progress.done + n)
 
     yield advance
-    err_console.print(f"{description}: done" + (f" {done}/{total}" if total else "")
-                      + f" in {time.monotonic() - start:.1f} s")
+    err_console.print(f"{description}: done" + (f" {progress.done}/{total}" if total else "")
+                      + f" in {time.monotonic() - progress.start:.1f} s", markup=False)
 
 
 def write_json_output(path: Path | None, payload: Any) -> None:

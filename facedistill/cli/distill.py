@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
     TimeRemainingColumn
 from rich.table import Table
 
-from facedistill.cli.common import console, err_console, progress_bar, user_errors, write_json_output
+from facedistill.cli.common import PlainProgress, console, err_console, progress_bar, user_errors, write_json_output
 from facedistill.cli.main import app
 
 
@@ -22,7 +22,7 @@ class RichMonitor:
         self.enabled = enabled
         self._progress: Progress | None = None
         self._task = None
-        self._last_print = 0
+        self._plain: PlainProgress | None = None
 
     @contextlib.contextmanager
     def phase(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
@@ -31,6 +31,10 @@ class RichMonitor:
 
     def train_start(self, total_steps: int, start_step: int) -> None:
         if not self.enabled:
+            return
+        if not err_console.is_terminal:  # logs: a line every ~20 s with step/total, images/s and ETA
+            self._plain = PlainProgress("training", total_steps, unit="steps", start_done=start_step)
+            self._plain.write(f"training: steps {start_step}..{total_steps}")
             return
         self._progress = Progress(SpinnerColumn(), TextColumn("training"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -41,17 +45,19 @@ class RichMonitor:
     def train_step(self, step: int, metrics: dict) -> None:
         terms = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in metrics.items()
                          if k.startswith("loss") and isinstance(v, float))
-        info = f"{terms} {metrics.get('images_per_s', 0):.0f} img/s"
+        info = f"{terms} {metrics.get('images_per_s') or 0:.0f} img/s"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info)
-        if not err_console.is_terminal and self.enabled and (step - self._last_print >= 50 or step == 1):
-            err_console.print(f"step {step}: {info}")
-            self._last_print = step
+        if self._plain is not None:
+            first = step == self._plain.start_done + 1
+            self._plain.update(step, info, force=first or step == self._plain.total)
 
     def evaluated(self, step: int, metrics: dict) -> None:
         if self.enabled:
+            impostor = metrics.get("val_impostor_cosine")
             err_console.print(f"step {step}: val accuracy {100 * metrics['val_accuracy']:.2f}% "
-                              f"± {100 * metrics['val_accuracy_std']:.2f}")
+                              f"± {100 * metrics['val_accuracy_std']:.2f}"
+                              + (f", impostor cosine {impostor:.3f}" if impostor is not None else ""))
 
     def message(self, text: str) -> None:
         if self.enabled:
@@ -61,6 +67,7 @@ class RichMonitor:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+        self._plain = None
 
 
 def print_run_summary(summary: dict) -> None:
@@ -78,6 +85,8 @@ def print_run_summary(summary: dict) -> None:
     }
     if "val_accuracy" in summary:
         rows["val accuracy"] = f"{100 * summary['val_accuracy']:.2f}% ± {100 * summary['val_accuracy_std']:.2f}"
+    if "val_impostor_cosine" in summary:  # near 1: the student collapsed onto one direction
+        rows["val impostor cosine"] = f"{summary['val_impostor_cosine']:.3f}"
     for k, v in rows.items():
         table.add_row(k, str(v))
     console.print(table)

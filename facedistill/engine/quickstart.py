@@ -7,14 +7,14 @@ Each finished step is reused when the quickstart is run again (delete the folder
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from facedistill.config import load_recipe
-from facedistill.engine.trainer import Monitor, train
+from facedistill.engine.monitor import Monitor
+from facedistill.engine.run_state import train_or_reuse
 from facedistill.errors import FaceDistillError
 
 REPO_RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "quickstart"
@@ -58,28 +58,10 @@ def _recipe(recipes: Path, name: str, workdir: Path, size: QuickstartSize, extra
     return load_recipe(path, overrides + extra)
 
 
-def _resumable(recipe, log: Callable[[str], None]) -> bool:
-    """Resume an interrupted run of the same recipe; move a run of another recipe aside."""
-    import torch
-
-    ckpt = recipe.run_dir / "checkpoint.pt"
-    if not ckpt.is_file():
-        return False
-    if torch.load(ckpt, map_location="cpu", weights_only=True).get("recipe_hash") == recipe.hash():
-        return True
-    stale = recipe.run_dir.with_name(f"{recipe.run_dir.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
-    recipe.run_dir.rename(stale)
-    log(f"{recipe.run_dir} was trained with other settings; moved it to {stale}")
-    return False
-
-
 def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default", recipes: str | Path | None = None,
                    int8: bool = True, overrides: list[str] | None = None, monitor: Monitor | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns a summary dict (accuracies, sizes, latencies, timings)."""
-    from facedistill.data.packed import is_packed, read_manifest
-    from facedistill.data.synthetic import write_synthetic
-
     if size not in SIZES:
         raise FaceDistillError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
     spec = SIZES[size]
@@ -87,61 +69,69 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default
     recipes = Path(recipes) if recipes else REPO_RECIPES
     monitor = monitor or Monitor()
     log = log or monitor.message
-    extra = list(overrides or [])
     timings: dict[str, float] = {}
     t0 = time.time()
 
-    # 1. data
-    data = workdir / "data"
-    wanted = {"seed": 0, "difficulty": spec.difficulty, "identities": spec.identities,
-              "images_per_identity": spec.images_per_identity}
-    have = read_manifest(data / "train").get("synthetic", {}) if is_packed(data / "train") else {}
-    if not (is_packed(data / "val") and all(have.get(k) == v for k, v in wanted.items())):
-        total = spec.identities * spec.images_per_identity + spec.val_identities * spec.val_images_per_identity
-        with monitor.phase("prepare: rendering synthetic faces", total) as advance:
-            write_synthetic(data, train_identities=spec.identities, images_per_identity=spec.images_per_identity,
-                            val_identities=spec.val_identities, val_images_per_identity=spec.val_images_per_identity,
-                            val_pairs=spec.val_pairs, seed=0, difficulty=spec.difficulty, progress=advance)
-    else:
-        log(f"prepare: reusing {data}")
+    data = _prepare_data(workdir / "data", spec, monitor, log)
     timings["prepare"] = time.time() - t0
-
-    # 2-3. teacher, then students (a finished run is reused)
     runs: dict[str, dict[str, Any]] = {}
     for name in ("teacher",) + STUDENTS:
         t = time.time()
-        recipe = _recipe(recipes, name, workdir, spec, extra)
-        summary_file = recipe.run_dir / "summary.json"
-        if summary_file.is_file() and json.loads(summary_file.read_text()).get("recipe_hash") == recipe.hash():
-            log(f"{name}: reusing {recipe.run_dir}")
-            runs[name] = json.loads(summary_file.read_text())
-        else:
-            log(f"{name}: training {recipe.student.arch} (distill: {recipe.loss.distill.type})")
-            runs[name] = train(recipe, resume=_resumable(recipe, log), monitor=monitor).summary
+        recipe = _recipe(recipes, name, workdir, spec, list(overrides or []))
+        runs[name], _ = train_or_reuse(recipe, monitor, log)
         timings[f"train_{name}"] = time.time() - t
+    run_dirs = {name: workdir / f"quickstart-{name}" for name in runs}
 
-    # 4. evaluate every model on the verification pairs
+    t = time.time()
+    accuracy = _evaluate(run_dirs, data / "val")
+    timings["evaluate"] = time.time() - t
+    t = time.time()
+    student_export, teacher_onnx = _export(run_dirs, workdir / "export", data, int8, log)
+    timings["export"] = time.time() - t
+    t = time.time()
+    bench = _benchmark(student_export, teacher_onnx)
+    timings["benchmark"] = time.time() - t
+    timings["total"] = time.time() - t0
+    return _report(workdir, size, runs, accuracy, student_export, teacher_onnx, bench, timings)
+
+
+def _prepare_data(data: Path, spec: QuickstartSize, monitor: Monitor, log: Callable[[str], None]) -> Path:
+    """Render the synthetic faces unless a set of the same size and seed is already there."""
+    from facedistill.data.packed import is_packed, read_manifest
+    from facedistill.data.synthetic import write_synthetic
+
+    wanted = {"seed": 0, "difficulty": spec.difficulty, "identities": spec.identities,
+              "images_per_identity": spec.images_per_identity}
+    have = read_manifest(data / "train").get("synthetic", {}) if is_packed(data / "train") else {}
+    if is_packed(data / "val") and all(have.get(k) == v for k, v in wanted.items()):
+        log(f"prepare: reusing {data}")
+        return data
+    total = spec.identities * spec.images_per_identity + spec.val_identities * spec.val_images_per_identity
+    with monitor.phase("prepare: rendering synthetic faces", total) as advance:
+        write_synthetic(data, train_identities=spec.identities, images_per_identity=spec.images_per_identity,
+                        val_identities=spec.val_identities, val_images_per_identity=spec.val_images_per_identity,
+                        val_pairs=spec.val_pairs, seed=0, difficulty=spec.difficulty, progress=advance)
+    return data
+
+
+def _evaluate(run_dirs: dict[str, Path], val: Path) -> dict[str, dict[str, float]]:
+    """Every model on the same verification pairs."""
     from facedistill.evaluation.evaluate import evaluate
 
-    t = time.time()
-    run_dirs = {name: workdir / f"quickstart-{name}" for name in runs}
-    report = evaluate([run_dirs[n] for n in runs], [data / "val"])
-    accuracy = {}
-    for name, result in zip(runs, report.results):
-        accuracy[name] = {"accuracy": result.metrics.accuracy, "accuracy_std": result.metrics.accuracy_std}
-    timings["evaluate"] = time.time() - t
+    report = evaluate(list(run_dirs.values()), [val])
+    return {name: {"accuracy": r.metrics.accuracy, "accuracy_std": r.metrics.accuracy_std}
+            for name, r in zip(run_dirs, report.results)}
 
-    # 5. export the distilled student (fp32 + int8) and the teacher (fp32, for latency)
-    from facedistill.export.onnx_export import export_model, sibling_path
 
-    t = time.time()
-    export_dir = workdir / "export"
+def _export(run_dirs: dict[str, Path], export_dir: Path, data: Path, int8: bool, log: Callable[[str], None]):
+    """The distilled student to ONNX fp32 (+ int8) and the teacher to fp32 (for its latency)."""
+    from facedistill.export.onnx_export import ExportGateError, export_model
+
     student_onnx = export_dir / "student.onnx"
     teacher_onnx = export_dir / "teacher.onnx"
-    from facedistill.export.onnx_export import ExportGateError
-
     try:
-        student_export = export_model(run_dirs["unified"], student_onnx, int8=int8, calib=data / "train" if int8 else None,
+        student_export = export_model(run_dirs["unified"], student_onnx, int8=int8,
+                                      calib=data / "train" if int8 else None,
                                       verify=data / "val", latency=False, fp32_prelu="linear")
     except ExportGateError as e:
         # The int8 gate refused its model (nothing was written for it); the fp32 export stands.
@@ -150,21 +140,22 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default
         log(f"export: {e}")
         student_export = e.report
     export_model(run_dirs["teacher"], teacher_onnx, latency=False, fp32_prelu="linear")
-    timings["export"] = time.time() - t
+    return student_export, teacher_onnx
 
-    # 6. benchmark batch-1 latency with onnxruntime
+
+def _benchmark(student_export: Any, teacher_onnx: Path) -> Any:
+    """Batch-1, one-thread onnxruntime latency of every ONNX file that was written."""
     from facedistill.bench.latency import benchmark_models
 
-    t = time.time()
-    int8_file = sibling_path(student_onnx, "int8")
-    models = [teacher_onnx, student_onnx] + ([int8_file] if int8 and int8_file.is_file() else [])
-    bench = benchmark_models(models, batches=(1,), threads=(1,), warmup=5, min_time=2.0)
-    timings["benchmark"] = time.time() - t
-    latency = {Path(r.path).name: {"p50_ms": r.p50_ms, "size_mb": r.size_mb} for r in bench.rows}
+    written = [Path(a.path) for a in student_export.artifacts if a.written]
+    return benchmark_models([teacher_onnx] + written, batches=(1,), threads=(1,), warmup=5, min_time=2.0)
 
+
+def _report(workdir: Path, size: str, runs: dict[str, dict[str, Any]], accuracy: dict[str, dict[str, float]],
+            student_export: Any, teacher_onnx: Path, bench: Any, timings: dict[str, float]) -> dict[str, Any]:
+    latency = {Path(r.path).name: {"p50_ms": r.p50_ms, "size_mb": r.size_mb} for r in bench.rows}
     rows = []
-    for name in runs:
-        s = runs[name]
+    for name, s in runs.items():
         rows.append({"model": f"{name}" if name == "teacher" else f"student ({name})",
                      "arch": s["student"]["arch"], "parameters": s["student"]["parameters"],
                      "accuracy": accuracy[name]["accuracy"], "accuracy_std": accuracy[name]["accuracy_std"],
@@ -178,7 +169,6 @@ def run_quickstart(workdir: str | Path = "runs/quickstart", size: str = "default
     exports.append({"file": teacher_onnx.name, "precision": "fp32",
                     "size_mb": latency.get(teacher_onnx.name, {}).get("size_mb"), "accuracy": None,
                     "p50_ms": latency.get(teacher_onnx.name, {}).get("p50_ms")})
-    timings["total"] = time.time() - t0
     return {"workdir": str(workdir), "size": size, "models": rows, "exports": exports,
             "timings_s": {k: round(v, 1) for k, v in timings.items()},
             "machine": f"{bench.machine.get('cpu_model')} ({bench.machine.get('usable_cpus')} CPUs)"}

@@ -35,15 +35,8 @@ from facedistill.evaluation.protocol import (
     pair_scores,
     verification_metrics,
 )
-from facedistill.evaluation.sources import (
-    ModelInfo,
-    OpenedModel,
-    PairSet,
-    match_parity,
-    model_display_names,
-    open_model,
-    open_pair_set,
-)
+from facedistill.evaluation.model_sources import ModelInfo, OpenedModel, match_parity, model_display_names, open_model
+from facedistill.evaluation.pair_sets import PairSet, open_pair_set
 
 __all__ = ["EvaluationReport", "ModelSetResult", "ParityResult", "evaluate", "TABLE_FARS"]
 
@@ -64,12 +57,15 @@ class ModelSetResult:
     info: ModelInfo
     images: int
     seconds: float
+    data_spec: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metrics
         return {
             "model": self.model,
             "data": self.data,
+            "model_spec": self.info.spec,  # the model and set exactly as passed to evaluate()
+            "data_spec": self.data_spec,
             "pairs": int(m.num_pairs),
             "accuracy": float(m.accuracy),
             "accuracy_std": float(m.accuracy_std),
@@ -246,7 +242,7 @@ def evaluate(
 @contextlib.contextmanager
 def _torch_threads(threads: int | None, models: Sequence[str]) -> Iterator[None]:
     """Set torch's intra-op threads for the run (only when asked and a torch model is evaluated)."""
-    from facedistill.evaluation.sources import is_onnx_path
+    from facedistill.evaluation.model_sources import is_onnx_path
 
     if threads is None or all(is_onnx_path(m) for m in models):
         yield
@@ -280,6 +276,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
     opened_sets: list[PairSet] = []
     for spec in sets:
         ps = open_pair_set(spec, images_dir=images_dir, allow_missing=allow_missing)
+        ps.spec = str(spec)
         need = MIN_PAIRS_PER_FOLD * nfolds
         if len(ps.pairs) < need:
             raise DataError(
@@ -306,6 +303,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
     for spec, nm in zip(models, names):
         om = open_model(spec, arch=arch, mean=mean, std=std, bgr=bgr, batch_size=batch_size, device=device, name=nm,
                         threads=threads)
+        om.info.spec = str(spec)
         for msg in om.info.notes:
             note(msg)
         opened.append(om)
@@ -392,7 +390,7 @@ def _evaluate_set(
         except DataError as e:
             raise DataError(f"{ps.path}: {e}") from e
         results.append(ModelSetResult(model=om.info.name, data=ps.name, metrics=metrics, info=om.info, images=n,
-                                      seconds=seconds[k]))
+                                      seconds=seconds[k], data_spec=ps.spec))
 
     parity: list[ParityResult] = []
     for t, o, how in matches:

@@ -61,3 +61,25 @@ def test_profile_prints_top_ops(bench_models, tmp_path: Path, cli_app):
                              env=WIDE)
     assert res.exit_code == 0, res.output
     assert "Top ops: mbf batch 1 threads 1" in _text(res) and (tmp_path / "p" / "mbf_b1_t1.json").is_file()
+
+
+def test_three_models_through_a_pipe_keep_a_readable_table(bench_models, tmp_path: Path):
+    """`docker run` without -t, CI, nohup: no terminal, no COLUMNS; rich alone would squeeze to 80 columns."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import CLI
+
+    third = shutil.copy(bench_models["fp32"], tmp_path / "student_with_a_long_name_fp32.onnx")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    proc = subprocess.run([sys.executable, str(CLI), "benchmark", str(bench_models["fp32"]), str(bench_models["int8"]),
+                           str(third), "-b", "1", "-t", "1", "--runs", "2", "--warmup", "0"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    for name in ("mbf_int8", "student_with_a_long_name_fp32"):
+        assert any(name in line for line in lines), f"{name} is broken over lines:\n{proc.stdout}"
+    header = next(line for line in lines if "p50" in line)
+    assert "Model" in header and "img/s" in header and "Peak RSS MB" in header, proc.stdout

@@ -64,6 +64,7 @@ def test_teacher_training_run_writes_outputs(tmp_path, tiny_synthetic):
         assert (run / name).is_file(), name
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 8 and 0.0 <= summary["val_accuracy"] <= 1.0
+    assert -1.0 <= summary["val_impostor_cosine"] <= 1.0  # a collapse shows as this climbing to 1
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all("loss_margin" in r for r in rows)
@@ -105,8 +106,12 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_synthetic, te
     over = {**distill_args(teacher_ckpt), "train.epochs": 3, "train.checkpoint_every": 1}
     straight = make_recipe(tmp_path, tiny_synthetic, "straight", **over)
     killed = make_recipe(tmp_path, tiny_synthetic, "killed", **over)
-    p = _run_cli(["distill", str(straight), "-q"])
-    assert p.wait(timeout=600) == 0, p.stdout.read()
+    p = _run_cli(["distill", str(straight)])  # through a pipe: plain progress lines, a readable table
+    out = p.communicate(timeout=600)[0]
+    assert p.returncode == 0, out
+    assert "training: steps 0..12" in out and "training: 1/12 steps" in out, out
+    assert "training: 12/12 steps, 100%" in out and "steps/s" in out, out
+    assert "val impostor cosine" in out, out
 
     ckpt = tmp_path / "runs" / "killed" / "checkpoint.pt"
     p = _run_cli(["distill", str(killed), "-q"])

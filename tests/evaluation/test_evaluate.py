@@ -28,7 +28,7 @@ from facedistill.evaluation import evaluate as evaluate_mod  # noqa: E402
 from facedistill.evaluation.embedders import embed_images  # noqa: E402
 from facedistill.evaluation.evaluate import EvaluationReport, evaluate  # noqa: E402
 from facedistill.evaluation.protocol import pair_scores, verification_metrics  # noqa: E402
-from facedistill.evaluation.sources import (  # noqa: E402
+from facedistill.evaluation.model_sources import (  # noqa: E402
     ModelInfo,
     OpenedModel,
     match_parity,

@@ -1,0 +1,38 @@
+"""The order of the training data, a pure function of (seed, epoch, step): what makes resume exact."""
+
+from __future__ import annotations
+
+import torch
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of epoch ``epoch``: a permutation seeded by (seed, epoch), sharded over ranks.
+
+    Starting at ``start_batch`` skips what a resumed run has already done in this epoch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start_batch: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
+
+    @staticmethod
+    def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
+        return n // (batch_size * world_size)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)
+        per_step = self.batch_size * self.world_size
+        for b in range(self.start_batch, self.batches_per_epoch(self.n, self.batch_size, self.world_size)):
+            lo = b * per_step + self.rank * self.batch_size
+            yield perm[lo: lo + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch(self.n, self.batch_size, self.world_size) - self.start_batch)
+
+
+def flip_mask(seed: int, step: int, batch_size: int, rank: int = 0) -> torch.Tensor:
+    """Which images of step ``step`` are mirrored: seeded by the step, so a resumed run flips the same."""
+    g = torch.Generator().manual_seed(seed * 7_919 + step * 131 + rank)
+    return torch.rand(batch_size, generator=g) < 0.5
