@@ -50,13 +50,16 @@ def test_kd_ablation_tiny_runs_and_resumes(tmp_path):
     assert (work / "kd_ablation.png").stat().st_size > 0
     assert (work / "kd_ablation.json").is_file()
     assert (work / "none-s0" / "summary.json").is_file() and (work / "unified-s0" / "summary.json").is_file()
+    # By default the accuracy is the runs' own (nothing evaluated twice)
+    assert result["accuracy_source"].startswith("run summaries")
+    assert [r["accuracy"] for r in result["runs"]] == [r["summary_val_accuracy"] for r in result["runs"]]
 
-    # Run again: every finished run is reused (nothing trained), results from the run summaries.
-    proc = run_script("kd_ablation.py", *tiny, "--accuracy", "summary", "--no-plot", "--json", str(out))
+    # Run again: every finished run is reused (nothing trained); --accuracy evaluate re-evaluates.
+    proc = run_script("kd_ablation.py", *tiny, "--accuracy", "evaluate", "--no-plot", "--json", str(out))
     assert "teacher: reusing" in proc.stderr
     result = json.loads(out.read_text())
     assert {r["how"] for r in result["runs"]} == {"reused"}
-    assert result["accuracy_source"].startswith("run summaries")
+    assert result["accuracy_source"].startswith("evaluate()")
 
 
 def test_teacher_cache_tiny(tmp_path):
