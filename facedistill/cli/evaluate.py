@@ -20,7 +20,9 @@ _HELP = """Evaluate face models on verification pair sets (LFW, CFP-FP, AgeDB-30
 
 The numbers are insightface's: embedding = model(x) + model(flip(x)), L2-normalised; score = squared
 L2 distance; accuracy = mean ± std over 10 contiguous folds, threshold chosen on the other 9 from
-0..3.99 step 0.01. TAR@FAR is read off the ROC over all pairs (shown where the set has enough
+0..3.99 step 0.01. Contiguous folds need every block to hold the same share of same pairs (a full
+.bin in its order does); when they demonstrably do not (a subset such as LFW folds 6-7, a sorted
+list) the folds are stratified instead (--fold-scheme; the JSON names the scheme used). TAR@FAR is read off the ROC over all pairs (shown where the set has enough
 different pairs to measure that FAR).
 
 MODEL: a run folder, a backbone state dict (student.pt, arcface_torch model.pt; --arch when it
@@ -137,6 +139,10 @@ def evaluate_cmd(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="Add the horizontally flipped image's embedding."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", help="Images per inference batch."),
     folds: int = typer.Option(10, "--folds", help="Cross-validation folds (insightface: 10)."),
+    fold_scheme: str = typer.Option("auto", "--fold-scheme",
+                                    help="auto (contiguous unless its folds are unbalanced, then balanced), "
+                                         "contiguous (insightface), balanced (stratified), source (the set's "
+                                         "own folds, e.g. LFW pairs.txt sets)."),
     compare: List[str] = typer.Option([], "--compare", metavar="TORCH=ONNX",
                                       help="Also compare these two models' embeddings (repeatable)."),
     allow_missing: bool = typer.Option(False, "--allow-missing",
@@ -154,7 +160,7 @@ def evaluate_cmd(
 
     report = evaluate(
         models, data, arch=arch, mean=mean, std=std, bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
-        nfolds=folds, plot_dir=plot, compare=_parse_compare(compare), allow_missing=allow_missing, device=device,
+        nfolds=folds, fold_scheme=fold_scheme, plot_dir=plot, compare=_parse_compare(compare), allow_missing=allow_missing, device=device,
         threads=threads,
         progress=lambda desc, total: progress_bar(desc, total), log=log,
     )

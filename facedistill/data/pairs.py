@@ -261,6 +261,29 @@ def limit_balanced(pairs: Iterable[Pair], limit: int | None) -> list[Pair]:
     return [pairs[i] for i in keep]
 
 
+def source_fold_ids(packed_dir: str | os.PathLike) -> "np.ndarray | None":
+    """Per-pair source fold numbers of a packed pair set (``pair_folds`` in its manifest), or None.
+
+    ``facedistill prepare pairs`` records, run-length encoded, the LFW ``pairs.txt`` set / ``.bin``
+    block each kept pair came from; ``evaluate --fold-scheme source`` cross-validates over them.
+    """
+    import json
+
+    import numpy as np
+
+    try:
+        manifest = json.loads((Path(packed_dir) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rle = manifest.get("pair_folds")
+    if not isinstance(rle, list) or not rle:
+        return None
+    try:
+        return np.concatenate([np.full(int(n), int(f), dtype=np.int64) for f, n in rle])
+    except (TypeError, ValueError):
+        raise DataError(f"{packed_dir}: manifest.json has a malformed pair_folds entry") from None
+
+
 def resolve_image(root: Path, rel: str) -> Path | None:
     """Find ``rel`` under ``root``; LFW names may exist with another image extension."""
     p = root / rel

@@ -29,6 +29,7 @@ from facedistill.errors import DataError, FaceDistillError
 from facedistill.evaluation.embedders import embed_images
 from facedistill.evaluation.protocol import (
     DEFAULT_FAR_TARGETS,
+    FOLD_SCHEMES,
     MIN_PAIRS_PER_FOLD,
     VerificationResult,
     far_key,
@@ -77,6 +78,10 @@ class ModelSetResult:
             "fold_accuracies": [float(a) for a in m.fold_accuracies],
             "fold_thresholds": [float(t) for t in m.fold_thresholds],
             "nfolds": int(m.nfolds),
+            "fold_scheme": m.fold_scheme,
+            "fold_positives": [int(x) for x in m.fold_positives],
+            "impostor_cosine": float(m.impostor_cosine),
+            "genuine_cosine": float(m.genuine_cosine),
             "num_positive": int(m.num_positive),
             "num_negative": int(m.num_negative),
             "images": int(self.images),
@@ -200,6 +205,7 @@ def evaluate(
     nfolds: int = 10,
     far_targets: Sequence[float] = DEFAULT_FAR_TARGETS,
     plot_dir: str | os.PathLike | None = None,
+    fold_scheme: str = "auto",
     compare: Sequence[tuple[str, str]] = (),
     allow_missing: bool = False,
     device: str = "cpu",
@@ -217,6 +223,8 @@ def evaluate(
     metadata or file names happens anyway). ``progress(description, total)`` is a context manager
     yielding ``advance(n)`` (e.g. :func:`facedistill.cli.common.progress_bar`); ``log(msg)`` gets
     notes as they arise. ``threads``: CPU threads for inference (None: the runtimes' defaults).
+    ``fold_scheme``: ``auto`` | ``contiguous`` | ``balanced`` | ``source`` (the folds a packed set or
+    ``.bin`` came with); see :mod:`facedistill.evaluation.protocol`.
     """
     start = time.perf_counter()
     models = [os.fspath(m) for m in models]
@@ -231,11 +239,14 @@ def evaluate(
         raise FaceDistillError(f"--folds must be >= 2, got {nfolds}")
     if threads is not None and threads < 1:
         raise FaceDistillError(f"--threads must be >= 1, got {threads}")
+    if fold_scheme not in FOLD_SCHEMES + ("source",):
+        raise FaceDistillError(f"--fold-scheme must be one of {', '.join(FOLD_SCHEMES + ('source',))}, "
+                               f"got {fold_scheme!r}")
     progress = progress or _no_progress
     with _torch_threads(threads, models):
         return _evaluate(models, sets, arch=arch, mean=mean, std=std, bgr=bgr, images_dir=images_dir, flip=flip,
                          batch_size=batch_size, nfolds=nfolds, far_targets=far_targets, plot_dir=plot_dir,
-                         compare=compare, allow_missing=allow_missing, device=device, threads=threads,
+                         fold_scheme=fold_scheme, compare=compare, allow_missing=allow_missing, device=device, threads=threads,
                          progress=progress, log=log, start=start)
 
 
@@ -262,7 +273,7 @@ def _torch_threads(threads: int | None, models: Sequence[str]) -> Iterator[None]
 
 def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any, std: Any, bgr: bool | None,
               images_dir: Any, flip: bool, batch_size: int, nfolds: int, far_targets: Sequence[float],
-              plot_dir: Any, compare: Sequence[tuple[str, str]], allow_missing: bool, device: str,
+              plot_dir: Any, fold_scheme: str, compare: Sequence[tuple[str, str]], allow_missing: bool, device: str,
               threads: int | None, progress: ProgressFactory, log: Callable[[str], None] | None,
               start: float) -> EvaluationReport:
     notes: list[str] = []
@@ -324,13 +335,13 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
     for ps in opened_sets:
         set_results, set_parity, set_plots = _evaluate_set(
             ps, opened, matches, flip=flip, batch_size=batch_size, nfolds=nfolds, far_targets=far_targets,
-            plot_dir=plot_path, progress=progress)
+            plot_dir=plot_path, progress=progress, folds=_fold_spec(ps, fold_scheme))
         results.extend(set_results)
         parity.extend(set_parity)
         plots.extend(set_plots)
 
     settings = {
-        "flip": bool(flip), "nfolds": int(nfolds), "batch_size": int(batch_size), "device": device,
+        "flip": bool(flip), "nfolds": int(nfolds), "fold_scheme": fold_scheme, "batch_size": int(batch_size), "device": device,
         "threads": threads,
         "score": "squared L2 distance of L2-normalised embeddings",
         "thresholds": "0..3.99 step 0.01", "far_targets": [far_key(f) for f in far_targets],
@@ -344,6 +355,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
 def _evaluate_set(
     ps: PairSet, opened: Sequence[OpenedModel], matches: Sequence[tuple[int, int, str]], flip: bool,
     batch_size: int, nfolds: int, far_targets: Sequence[float], plot_dir: Path | None, progress: ProgressFactory,
+    folds: str | np.ndarray = "auto",
 ) -> tuple[list[ModelSetResult], list[ParityResult], list[str]]:
     used = ps.used_images()
     n = len(used)
@@ -386,7 +398,7 @@ def _evaluate_set(
             sl = slice(lo, lo + SCORE_CHUNK)
             scores[sl] = pair_scores(emb[rows_a[sl]], emb[rows_b[sl]])
         try:
-            metrics = verification_metrics(scores, same, nfolds=nfolds, far_targets=far_targets)
+            metrics = verification_metrics(scores, same, nfolds=nfolds, far_targets=far_targets, folds=folds)
         except DataError as e:
             raise DataError(f"{ps.path}: {e}") from e
         results.append(ModelSetResult(model=om.info.name, data=ps.name, metrics=metrics, info=om.info, images=n,
@@ -412,6 +424,23 @@ def _evaluate_set(
         plots = _plot_set(ps, results, plot_dir)
     del embeddings
     return results, parity, plots
+
+
+def _fold_spec(ps: PairSet, scheme: str) -> str | np.ndarray:
+    """``scheme``, or for ``source`` the per-pair fold ids the set came with."""
+    if scheme != "source":
+        return scheme
+    from facedistill.data.pairs import source_fold_ids
+
+    if ps.kind == "bin":  # insightface's own folds: 10 consecutive blocks
+        n = len(ps.pairs)
+        return np.arange(n) // max(n // 10, 1) if n % 10 == 0 else np.zeros(n, dtype=np.int64)
+    ids = source_fold_ids(Path(ps.path)) if ps.kind == "packed" else None
+    if ids is None or len(ids) != len(ps.pairs):
+        raise DataError(f"{ps.path}: --fold-scheme source needs the folds the pairs came from; this set does not "
+                        "record them. Pack it with `facedistill prepare pairs` (which stores them), or use "
+                        "--fold-scheme balanced.")
+    return ids
 
 
 def _plot_set(ps: PairSet, results: Sequence[ModelSetResult], plot_dir: Path) -> list[str]:

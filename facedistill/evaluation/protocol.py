@@ -6,6 +6,8 @@ The protocol (method.md section 6):
 * a pair is predicted "same" when ``score < threshold`` (strict, like insightface's ``np.less``);
 * the pairs are cut into ``nfolds`` contiguous folds, exactly as ``sklearn.model_selection.KFold(
   n_splits=nfolds, shuffle=False)`` does (the first ``n % nfolds`` folds hold one pair more);
+  that is right for a full insightface ``.bin`` / LFW ``pairs.txt`` in its native order, whose
+  blocks each hold as many same as different pairs (see "Fold schemes" below for other orders);
 * for each fold, the threshold on the grid (default ``0, 0.01, ..., 3.99``) with the best accuracy on
   the other folds is chosen (``np.argmax``: the first best on ties) and applied to the held-out fold;
 * accuracy = mean of the per-fold accuracies, std = ``np.std`` (population) of them.
@@ -14,6 +16,26 @@ Unlike insightface (which loops over 400 thresholds with boolean masks per fold)
 true/false accepts for every threshold at once with sorting and ``np.searchsorted``: O(n log n) time
 and O(n) memory, so hundreds of thousands of pairs take well under a second. The integer counts are
 the same as the literal algorithm's, so the accuracies are bit-for-bit identical.
+
+Fold schemes (``folds=``). Contiguous folds are only meaningful when every block has the same share of
+same pairs. A class-pure order (all same pairs, then all different ones; or LFW folds 6-7 cut into
+10 blocks of 120: [120, 120, 60, 0, 0, 120, 120, 60, 0, 0] same pairs) makes each held-out fold
+one-class while its threshold is tuned on the other, majority class: random embeddings then score
+about 10%, and the "std" measures the class mix, not noise. So:
+
+* ``"contiguous"``: insightface's folds, always;
+* ``"balanced"``: stratified, order-preserving folds: the i-th same pair goes to fold ``i % k``, the
+  j-th different pair to fold ``(n_same + j) % k``; every fold then holds the same share of same
+  pairs (to one pair) and the fold sizes differ by at most one;
+* an int array of per-pair fold ids (e.g. the LFW ``pairs.txt`` sets a pair came from, stored by
+  ``facedistill prepare pairs`` as ``pair_folds``): those groups are the folds (``nfolds`` is
+  ignored, their number is used);
+* ``"auto"`` (default): contiguous, unless the contiguous folds' same-pair counts are demonstrably
+  unbalanced (chi-square homogeneity statistic above its 1e-4 quantile, :func:`contiguous_is_balanced`),
+  then balanced. A full ``.bin`` / ``pairs.txt`` in its order (exactly balanced) and a shuffled
+  list stay contiguous, bit-for-bit insightface; a class-pure or block-sorted list becomes balanced.
+
+The scheme used is reported as ``fold_scheme`` with the same-pair count of each fold.
 
 On top of the insightface accuracy this reports a ROC over all pairs (no folds), its AUC, the EER
 and TAR at fixed FARs.
@@ -34,6 +56,10 @@ __all__ = [
     "MIN_PAIRS_PER_FOLD",
     "VerificationResult",
     "default_thresholds",
+    "FOLD_SCHEMES",
+    "assign_folds",
+    "balanced_fold_ids",
+    "contiguous_is_balanced",
     "far_key",
     "kfold_slices",
     "pair_scores",
@@ -43,6 +69,8 @@ __all__ = [
 
 DEFAULT_FAR_TARGETS: tuple[float, ...] = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
 MIN_PAIRS_PER_FOLD = 10
+FOLD_SCHEMES = ("auto", "contiguous", "balanced")
+_AUTO_Z = 3.719  # one-sided normal quantile of p = 1e-4 (Wilson-Hilferty chi-square quantile below)
 
 
 def default_thresholds() -> np.ndarray:
@@ -101,6 +129,82 @@ def kfold_slices(n: int, nfolds: int) -> list[tuple[int, int]]:
     return [(int(s), int(e)) for s, e in zip(starts, stops)]
 
 
+def contiguous_fold_ids(n: int, nfolds: int) -> np.ndarray:
+    """Per-pair fold id of :func:`kfold_slices` (``nfolds == 1``: all zeros)."""
+    ids = np.zeros(n, dtype=np.int64)
+    for f, (start, stop) in enumerate(kfold_slices(n, nfolds)):
+        ids[start:stop] = f
+    return ids
+
+
+def balanced_fold_ids(same: np.ndarray, nfolds: int) -> np.ndarray:
+    """Stratified, order-preserving fold ids: same pairs dealt round-robin, then different pairs.
+
+    The i-th same pair (in list order) gets fold ``i % k``; the j-th different pair gets
+    ``(n_same + j) % k``. Each fold holds ``n_same // k`` or one more same pairs (likewise for
+    different ones) and the fold sizes differ by at most one. Deterministic: no shuffling.
+    """
+    same = np.asarray(same).astype(bool).reshape(-1)
+    if nfolds < 1:
+        raise ValueError(f"nfolds must be >= 1, got {nfolds}")
+    ids = np.empty(same.size, dtype=np.int64)
+    n_pos = int(same.sum())
+    ids[same] = np.arange(n_pos) % nfolds
+    ids[~same] = (n_pos + np.arange(same.size - n_pos)) % nfolds
+    return ids
+
+
+def contiguous_is_balanced(same: np.ndarray, nfolds: int) -> bool:
+    """False when the contiguous folds' same-pair counts are demonstrably unequal.
+
+    Pearson's chi-square homogeneity statistic over the folds, sum_f (pos_f - m_f p)^2 / (m_f p (1-p)),
+    is compared with the 1e-4 upper quantile of chi2(k - 1) (Wilson-Hilferty). A list in random
+    order passes with probability 0.9999; an exactly balanced one (a full .bin) has statistic 0; a
+    class-pure order (statistic ~ n) fails for any n >= 40 at 10 folds.
+    """
+    same = np.asarray(same).astype(bool).reshape(-1)
+    n = same.size
+    if nfolds < 2 or n == 0:
+        return True
+    p = float(same.mean())
+    if p in (0.0, 1.0):
+        return True
+    stat = 0.0
+    for start, stop in kfold_slices(n, nfolds):
+        m = stop - start
+        if m == 0:
+            continue
+        exp = m * p
+        stat += (float(same[start:stop].sum()) - exp) ** 2 / (exp * (1.0 - p))
+    df = nfolds - 1
+    c = 2.0 / (9.0 * df)
+    quantile = df * (1.0 - c + _AUTO_Z * math.sqrt(c)) ** 3
+    return stat <= quantile
+
+
+def assign_folds(same: np.ndarray, nfolds: int, folds: str | np.ndarray = "auto") -> tuple[np.ndarray, str]:
+    """(per-pair fold ids 0..k-1, scheme name) for ``folds`` (see the module doc)."""
+    same = np.asarray(same).astype(bool).reshape(-1)
+    n = same.size
+    if isinstance(folds, str):
+        if folds not in FOLD_SCHEMES:
+            raise DataError(f"unknown fold scheme {folds!r} (choose one of: {', '.join(FOLD_SCHEMES)}, "
+                            "or pass per-pair fold ids)")
+        scheme = folds
+        if scheme == "auto":
+            scheme = "contiguous" if contiguous_is_balanced(same, nfolds) else "balanced"
+        if scheme == "contiguous":
+            return contiguous_fold_ids(n, nfolds), scheme
+        return balanced_fold_ids(same, nfolds), scheme
+    ids = np.asarray(folds).reshape(-1)
+    if ids.shape[0] != n:
+        raise DataError(f"got {ids.shape[0]} fold ids for {n} pairs")
+    if ids.size and not np.issubdtype(ids.dtype, np.integer):
+        raise DataError(f"fold ids must be integers, got dtype {ids.dtype}")
+    _, dense = np.unique(ids, return_inverse=True)
+    return dense.astype(np.int64).reshape(-1), "source"
+
+
 @dataclass
 class VerificationResult:
     """Result of :func:`verification_metrics`. ``to_dict()`` leaves out the per-pair arrays."""
@@ -118,6 +222,12 @@ class VerificationResult:
     num_negative: int
     fold_thresholds: list[float] = field(default_factory=list)
     nfolds: int = 10
+    fold_scheme: str = "contiguous"
+    fold_positives: list[int] = field(default_factory=list)  # same pairs per fold
+    # mean cosine of the different / same pairs, from the scores (cos = 1 - d/2 for unit vectors):
+    # a collapse (every face pointing one way) shows as an impostor cosine rising towards 1
+    impostor_cosine: float = float("nan")
+    genuine_cosine: float = float("nan")
     scores: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     same: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     far: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
@@ -133,6 +243,10 @@ class VerificationResult:
             "threshold": float(self.threshold),
             "fold_thresholds": [float(t) for t in self.fold_thresholds],
             "nfolds": int(self.nfolds),
+            "fold_scheme": self.fold_scheme,
+            "fold_positives": [int(p) for p in self.fold_positives],
+            "impostor_cosine": float(self.impostor_cosine),
+            "genuine_cosine": float(self.genuine_cosine),
             "tar_at_far": {k: (None if v is None else float(v)) for k, v in self.tar_at_far.items()},
             "tar_at_far_note": dict(self.tar_at_far_note),
             "eer": float(self.eer),
@@ -154,11 +268,15 @@ def verification_metrics(
     nfolds: int = 10,
     thresholds: np.ndarray | None = None,
     far_targets: Sequence[float] = DEFAULT_FAR_TARGETS,
+    folds: str | np.ndarray = "auto",
 ) -> VerificationResult:
     """insightface's k-fold verification accuracy, plus ROC/AUC/EER/TAR@FAR over all pairs.
 
     ``scores``: squared L2 distances (lower = more similar), e.g. from :func:`pair_scores`.
     ``same``: bool per pair (True = same identity).
+    ``folds``: ``"auto"`` | ``"contiguous"`` | ``"balanced"`` or per-pair fold ids (module doc);
+    the scheme used is ``result.fold_scheme``. ``impostor_cosine`` / ``genuine_cosine`` read the
+    scores as squared distances of unit vectors (cos = 1 - d/2), as :func:`pair_scores` gives.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     same_arr = np.asarray(same)
@@ -172,6 +290,12 @@ def verification_metrics(
         raise DataError(f"got {n} scores but {same_arr.shape[0]} same/different labels")
     if nfolds < 1:
         raise DataError(f"nfolds must be >= 1, got {nfolds}")
+    fold_ids, scheme = assign_folds(same_arr, nfolds, folds)
+    if scheme == "source":
+        nfolds = int(fold_ids.max()) + 1 if n else 0
+        if nfolds < 2:
+            raise DataError(f"the given fold ids hold {nfolds} fold(s); cross-validation needs at least 2 "
+                            "(use folds='balanced' to cut the pairs into nfolds stratified folds)")
     needed = MIN_PAIRS_PER_FOLD * nfolds
     if n < needed:
         raise DataError(
@@ -191,13 +315,20 @@ def verification_metrics(
     if thr.size == 0:
         raise DataError("thresholds must not be empty")
 
+    if scheme == "source":
+        small = np.bincount(fold_ids, minlength=nfolds).min()
+        if small < MIN_PAIRS_PER_FOLD:
+            raise DataError(f"a given fold holds {small} pairs; each needs at least {MIN_PAIRS_PER_FOLD}")
+
     # --- k-fold accuracy (insightface calculate_roc) -------------------------------------------------
-    folds = kfold_slices(n, nfolds)
+    members = [np.nonzero(fold_ids == f)[0] for f in range(nfolds)]
+    sizes = [int(idx.size) for idx in members]
+    fold_pos = [int(same_arr[idx].sum()) for idx in members]
     # correct[f, j] = number of pairs of fold f classified correctly at threshold j
-    correct = np.empty((len(folds), thr.size), dtype=np.int64)
-    for f, (start, stop) in enumerate(folds):
-        s = scores[start:stop]
-        m = same_arr[start:stop]
+    correct = np.empty((nfolds, thr.size), dtype=np.int64)
+    for f, idx in enumerate(members):
+        s = scores[idx]
+        m = same_arr[idx]
         pos = np.sort(s[m])
         neg = np.sort(s[~m])
         tp = _accepts_below(pos, thr)
@@ -205,18 +336,18 @@ def verification_metrics(
         correct[f] = tp + (neg.size - fp)  # tp + tn
     total_correct = correct.sum(axis=0)
 
-    fold_acc = np.zeros(len(folds), dtype=np.float64)
-    fold_thr = np.zeros(len(folds), dtype=np.float64)
-    for f, (start, stop) in enumerate(folds):
+    fold_acc = np.zeros(nfolds, dtype=np.float64)
+    fold_thr = np.zeros(nfolds, dtype=np.float64)
+    for f, size in enumerate(sizes):
         if nfolds == 1:
             train_correct, n_train = total_correct, n
         else:
-            train_correct, n_train = total_correct - correct[f], n - (stop - start)
+            train_correct, n_train = total_correct - correct[f], n - size
         # Same values as insightface's float(tp + tn) / size per threshold, so argmax picks the same.
         acc_train = train_correct / float(n_train)
         best = int(np.argmax(acc_train))
         fold_thr[f] = thr[best]
-        fold_acc[f] = float(correct[f, best]) / float(stop - start)
+        fold_acc[f] = float(correct[f, best]) / float(size)
 
     # --- ROC over all pairs ---------------------------------------------------------------------------
     far_full, tar_full, thr_full = _roc_full(scores, same_arr, n_pos, n_neg)
@@ -246,6 +377,10 @@ def verification_metrics(
         threshold=float(np.mean(fold_thr)),
         fold_thresholds=[float(t) for t in fold_thr],
         nfolds=int(nfolds),
+        fold_scheme=scheme,
+        fold_positives=fold_pos,
+        impostor_cosine=float(1.0 - scores[~same_arr].mean() / 2.0),
+        genuine_cosine=float(1.0 - scores[same_arr].mean() / 2.0),
         tar_at_far=tar_at_far,
         tar_at_far_note=notes,
         eer=float(eer),

@@ -8,6 +8,7 @@ from facedistill.losses.baselines import (
     rkd_loss,
     sp_loss,
 )
+from facedistill.losses.centering import RunningMean, mean_of_unit_rows
 from facedistill.losses.config import (
     DISTILL_TYPES,
     DistillConfig,
@@ -30,10 +31,12 @@ __all__ = [
     "RKDConfig",
     "RPSDConfig",
     "RPSDLoss",
+    "RunningMean",
     "annealed_rho",
     "cosine_loss",
     "hard_count",
     "l2_loss",
+    "mean_of_unit_rows",
     "rkd_angle",
     "rkd_distance",
     "rkd_loss",

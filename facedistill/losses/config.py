@@ -18,6 +18,7 @@ from facedistill.errors import RecipeError
 DISTILL_TYPES = ("none", "l2", "cosine", "rkd", "sp", "iled", "rpsd", "unified")
 ILED_MINING = ("topk", "soft", "none")
 RPSD_VARIANTS = ("smooth_l1", "kl")
+CENTERED_TYPES = ("cosine", "iled", "rpsd", "unified")
 
 
 @dataclass
@@ -43,11 +44,33 @@ class RPSDConfig:
     kl_temperature: float = 0.1
     use_bank: bool = True  # bank anchors
     use_in_batch: bool = True  # in-batch anchors
-    warmup_entries: Optional[int] = None  # RPSD is active once the bank holds this many; None = hard_negatives
+    warmup_entries: Optional[int] = None  # RPSD is active once the bank holds this many; None = bank quota
+    # Separate quotas of teacher-hard negatives: k_bank among the bank anchors and k_batch among the
+    # in-batch ones (else the bank crowds the student-student pairs out). None/None: one joint
+    # top-`hard_negatives` over the whole row (the original rule); set both to split.
+    k_bank: Optional[int] = None
+    k_batch: Optional[int] = None
+    # Repulsion from the student's own false positives: per row, this many more non-positive
+    # anchors with the largest STUDENT similarity (pairs the teacher mining never picks).
+    student_negatives: int = 0
+
+    @property
+    def split_quotas(self) -> bool:
+        """True when ``k_bank`` / ``k_batch`` replace the joint ``hard_negatives`` quota."""
+        return self.k_bank is not None or self.k_batch is not None
+
+    def bank_quota(self) -> int:
+        """Teacher-hard negatives a row may take from the bank."""
+        return int(self.k_bank or 0) if self.split_quotas else self.hard_negatives
+
+    def anchors_per_row(self) -> int:
+        """Mined non-positive anchors per row (upper bound): teacher-hard + student-hard + mismatch."""
+        hard = (int(self.k_bank or 0) + int(self.k_batch or 0)) if self.split_quotas else self.hard_negatives
+        return hard + self.student_negatives + self.mismatch_k
 
     def effective_warmup_entries(self) -> int:
-        """Bank entries needed before RPSD switches on (``warmup_entries`` or ``hard_negatives``)."""
-        return self.hard_negatives if self.warmup_entries is None else self.warmup_entries
+        """Bank entries needed before RPSD switches on (``warmup_entries``, else the bank quota)."""
+        return self.bank_quota() if self.warmup_entries is None else self.warmup_entries
 
 
 @dataclass
@@ -65,6 +88,12 @@ class DistillConfig:
     ``unified`` = lambda_iled * ILED + lambda_rpsd * RPSD; ``iled`` / ``rpsd`` are the two halves
     alone (weighted by their own lambda); ``l2``, ``cosine``, ``rkd``, ``sp`` are baselines weighted
     by ``weight``; ``none`` trains with the margin loss alone.
+
+    Collapse-shortcut fix (docs/method.md), for cosine / iled / rpsd / unified:
+    ``center_teacher`` subtracts a running mean of the unit teacher embeddings from the teacher
+    (targets and RPSD bank anchors); ``center_student`` subtracts the student's own running mean
+    from the student (a common student direction is then neither learned nor penalised);
+    ``center_momentum`` is the EMA momentum of both means.
     """
 
     type: str = "unified"
@@ -74,12 +103,24 @@ class DistillConfig:
     iled: ILEDConfig = field(default_factory=ILEDConfig)
     rpsd: RPSDConfig = field(default_factory=RPSDConfig)
     rkd: RKDConfig = field(default_factory=RKDConfig)
+    center_teacher: bool = False
+    center_student: bool = False
+    center_momentum: float = 0.99
 
     def validate(self, path: str = "loss.distill") -> None:
         """Raise RecipeError naming the key path of the first invalid value."""
         _choice(self.type, DISTILL_TYPES, f"{path}.type", "distillation type")
         for name in ("lambda_iled", "lambda_rpsd", "weight"):
             _number(getattr(self, name), f"{path}.{name}", low=0.0)
+        _boolean(self.center_teacher, f"{path}.center_teacher")
+        _boolean(self.center_student, f"{path}.center_student")
+        _number(self.center_momentum, f"{path}.center_momentum", low=0.0)
+        if self.center_momentum >= 1.0:
+            raise RecipeError(f"{path}.center_momentum: must be in [0, 1), got {self.center_momentum!r}")
+        if (self.center_teacher or self.center_student) and self.type not in CENTERED_TYPES:
+            key = "center_teacher" if self.center_teacher else "center_student"
+            raise RecipeError(f"{path}.{key}: centring applies to {', '.join(CENTERED_TYPES)}, not to "
+                              f"type {self.type!r}; drop the key")
 
         _dataclass(self.iled, ILEDConfig, f"{path}.iled")
         _dataclass(self.rpsd, RPSDConfig, f"{path}.rpsd")
@@ -98,6 +139,18 @@ class DistillConfig:
         _integer(r.bank_size, f"{p}.bank_size", low=1)
         _integer(r.hard_negatives, f"{p}.hard_negatives", low=0)
         _integer(r.mismatch_k, f"{p}.mismatch_k", low=0)
+        _integer(r.student_negatives, f"{p}.student_negatives", low=0)
+        for key in ("k_bank", "k_batch"):
+            if getattr(r, key) is not None:
+                _integer(getattr(r, key), f"{p}.{key}", low=0)
+        if r.split_quotas and (r.k_bank is None or r.k_batch is None):
+            missing = "k_batch" if r.k_batch is None else "k_bank"
+            raise RecipeError(f"{p}.{missing}: set both k_bank and k_batch (separate quotas), or neither "
+                              f"(one joint quota of {p}.hard_negatives)")
+        if r.split_quotas and ((r.k_bank and not r.use_bank) or (r.k_batch and not r.use_in_batch)):
+            key = "k_bank" if (r.k_bank and not r.use_bank) else "k_batch"
+            raise RecipeError(f"{p}.{key}: a quota for anchors that are switched off "
+                              f"({'use_bank' if key == 'k_bank' else 'use_in_batch'} is false); set it to 0")
         _choice(r.variant, RPSD_VARIANTS, f"{p}.variant", "RPSD variant")
         _number(r.smooth_l1_beta, f"{p}.smooth_l1_beta", low=0.0)
         _number(r.kl_temperature, f"{p}.kl_temperature", low=0.0, low_open=True)
@@ -111,7 +164,8 @@ class DistillConfig:
         if r.warmup_entries is not None:
             _integer(r.warmup_entries, f"{p}.warmup_entries", low=0)
         if r.use_bank and r.effective_warmup_entries() > r.bank_size:
-            key = "warmup_entries" if r.warmup_entries is not None else "hard_negatives"
+            key = "warmup_entries" if r.warmup_entries is not None else (
+                "k_bank" if r.split_quotas else "hard_negatives")
             raise RecipeError(
                 f"{p}.{key}: RPSD waits for {r.effective_warmup_entries()} bank entries but "
                 f"{p}.bank_size is {r.bank_size}, so it would never switch on; "

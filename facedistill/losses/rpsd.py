@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import warnings
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,16 @@ class RPSDLoss(nn.Module):
 
     Mining per row (detached, vectorised): all positives (same label >= 0, self excluded; a label
     < 0 is "unknown" and never positive), plus the ``hard_negatives`` non-positive anchors with the
-    largest teacher relation (one masked top-k over the concatenated row), plus ``mismatch_k`` of
-    the remaining anchors with the largest |R^s - R^t|.
+    largest teacher relation (one masked top-k over the concatenated row; or, with ``k_bank`` /
+    ``k_batch`` set, that many from the bank and from the batch separately), plus
+    ``student_negatives`` of the remaining non-positive anchors with the largest STUDENT relation
+    (the student's own false positives), plus ``mismatch_k`` of the remaining anchors with the
+    largest |R^s - R^t|.
+
+    Centring (``center_teacher``; set by :class:`DistillationObjective`): ``teacher_center`` maps
+    unit teacher vectors to ``unit(t) - mean``; it is applied to t and to the bank anchors at
+    compute time (the bank stores the uncentred unit vectors, so a drifting mean never leaves stale
+    anchors). ``student_center`` does the same for the student's rows.
 
     * ``smooth_l1``: L = sum_selected smoothL1(R^s - R^t; beta) / #selected (ordered pairs).
     * ``kl``: per row with >= 1 selected anchor, KL(softmax(R^t_i/T) || softmax(R^s_i/T)) where the
@@ -45,6 +54,16 @@ class RPSDLoss(nn.Module):
         self.bank: Optional[MemoryBank] = (
             MemoryBank(cfg.bank_size, dim, gather_fn=gather_fn) if cfg.use_bank else None
         )
+        # Set by DistillationObjective when centring is on (callables on raw vectors -> centred vectors).
+        self.teacher_center: Optional[Callable[[Tensor], Tensor]] = None
+        self.student_center: Optional[Callable[[Tensor], Tensor]] = None
+        per_row = cfg.anchors_per_row()
+        if 0 < per_row < self.dim:
+            warnings.warn(
+                f"RPSD mines {per_row} non-positive anchors per row for {self.dim}-d embeddings: with fewer "
+                f"anchors than dimensions a student can match every mined relation and still verify poorly "
+                f"(docs/method.md, 'k vs D'); raise loss.distill.rpsd.k_bank / hard_negatives to >= {self.dim} "
+                "where the bank allows", UserWarning, stacklevel=2)
 
     # ------------------------------------------------------------------ public API
 
@@ -55,7 +74,10 @@ class RPSDLoss(nn.Module):
         return self.bank.filled >= self.cfg.effective_warmup_entries()
 
     def forward(self, s_raw: Tensor, t_raw: Tensor, labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Compute the loss on the current bank, THEN enqueue this batch (training mode only)."""
+        """Compute the loss on the current bank, THEN enqueue this batch (training mode only).
+
+        ``t_raw`` is the uncentred teacher embedding (centring, if any, happens inside).
+        """
         loss, stats = self.compute(s_raw, t_raw, labels)
         if self.training:
             self.enqueue(t_raw, labels)
@@ -83,11 +105,13 @@ class RPSDLoss(nn.Module):
                     "rpsd_active": torch.zeros((), **f32),
                     "rpsd_pairs": torch.zeros((), **f32),
                     "rpsd_positives": torch.zeros((), **f32),
+                    "rpsd_batch_pairs": torch.zeros((), **f32),
                 }
                 stats.update(self._bank_stats(dev))
                 return zero, stats
 
             rs, rt, sel, pos = self.relations_and_selection(s_raw, t_raw, labels)
+            n_batch = s_raw.shape[0] if self.cfg.use_in_batch else 0
             if self.cfg.variant == "smooth_l1":
                 per = F.smooth_l1_loss(rs, rt, reduction="none", beta=self.cfg.smooth_l1_beta)
                 n = sel.sum()
@@ -102,6 +126,8 @@ class RPSDLoss(nn.Module):
             "rpsd_active": torch.ones((), **f32),
             "rpsd_pairs": sel.sum().to(torch.float32) / b,
             "rpsd_positives": pos.sum().to(torch.float32) / b,
+            # selected in-batch (student-student) pairs per row: shows the bank crowding them out
+            "rpsd_batch_pairs": sel[:, sel.shape[1] - n_batch:].sum().to(torch.float32) / b,
         }
         stats.update(self._bank_stats(dev))
         return loss, stats
@@ -114,8 +140,9 @@ class RPSDLoss(nn.Module):
         R^s carries the student's gradient; R^t is detached. ``valid`` is (B, N) bool: filled bank
         slots and in-batch anchors j != i.
         """
-        s = unit(s_raw)
-        t = unit(t_raw.detach())
+        s = unit(self.student_center(s_raw) if self.student_center is not None else s_raw)
+        tc = self.teacher_center
+        t = unit(tc(t_raw.detach()) if tc is not None else t_raw.detach())
         b = s.shape[0]
         labels = labels.to(device=s.device, dtype=torch.int64)
         rs_parts, rt_parts, lab_parts, valid_parts = [], [], [], []
@@ -123,6 +150,8 @@ class RPSDLoss(nn.Module):
             # A copy: enqueue() later overwrites the buffer in place, and autograd keeps q for
             # the backward of s @ q.T.
             q = self.bank.embeddings.detach().to(s.device).clone()
+            if tc is not None:
+                q = unit(tc(q))
             rs_parts.append(s @ q.T)
             rt_parts.append(t @ q.T)
             lab_parts.append(self.bank.labels.to(s.device))
@@ -140,15 +169,33 @@ class RPSDLoss(nn.Module):
 
     @torch.no_grad()
     def select(self, rs: Tensor, rt: Tensor, labels: Tensor, anchor_labels: Tensor,
-               valid: Tensor) -> tuple[Tensor, Tensor]:
-        """(selected, positives): (B, N) bool masks of the mined pairs (no gradient)."""
+               valid: Tensor, n_batch: Optional[int] = None) -> tuple[Tensor, Tensor]:
+        """(selected, positives): (B, N) bool masks of the mined pairs (no gradient).
+
+        ``n_batch``: how many of the last columns are in-batch anchors (needed for split quotas;
+        default: B if ``use_in_batch`` else 0).
+        """
+        cfg = self.cfg
         labels = labels.to(device=rs.device, dtype=torch.int64)
         pos = valid & (anchor_labels.unsqueeze(0) == labels.unsqueeze(1)) & (labels.unsqueeze(1) >= 0)
         sel = pos.clone()
         n_anchors = rs.shape[1]
-        k = min(self.cfg.hard_negatives, n_anchors)
+        if cfg.split_quotas:
+            if n_batch is None:
+                n_batch = rs.shape[0] if cfg.use_in_batch else 0
+            in_batch = torch.zeros(n_anchors, dtype=torch.bool, device=rs.device)
+            in_batch[n_anchors - n_batch:] = True
+            for quota, cols in ((cfg.k_bank or 0, ~in_batch), (cfg.k_batch or 0, in_batch)):
+                k = min(int(quota), int(cols.sum()))
+                if k > 0:
+                    sel |= _masked_topk_mask(rt, valid & ~pos & cols.unsqueeze(0), k)
+        else:
+            k = min(cfg.hard_negatives, n_anchors)
+            if k > 0:
+                sel |= _masked_topk_mask(rt, valid & ~pos, k)
+        k = min(cfg.student_negatives, n_anchors)
         if k > 0:
-            sel |= _masked_topk_mask(rt, valid & ~pos, k)
+            sel |= _masked_topk_mask(rs, valid & ~pos & ~sel, k)
         m = min(self.cfg.mismatch_k, n_anchors)
         if m > 0:
             sel |= _masked_topk_mask((rs - rt).abs(), valid & ~sel, m)
@@ -156,8 +203,10 @@ class RPSDLoss(nn.Module):
 
     def relations_and_selection(self, s_raw: Tensor, t_raw: Tensor,
                                 labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(R^s, R^t, selected, positives); the last B columns are the in-batch anchors if used."""
         rs, rt, anchor_labels, valid = self.relations(s_raw, t_raw, labels)
-        sel, pos = self.select(rs.detach(), rt, labels, anchor_labels, valid)
+        n_batch = s_raw.shape[0] if self.cfg.use_in_batch else 0
+        sel, pos = self.select(rs.detach(), rt, labels, anchor_labels, valid, n_batch)
         return rs, rt, sel, pos
 
     # ------------------------------------------------------------------ internals

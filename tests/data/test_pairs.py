@@ -161,3 +161,20 @@ def test_prepare_csv_pairs_relative_to_csv_or_images_root(tmp_path):
     with pytest.raises(DataError, match="nothing could be packed.*--images"):
         prepare_pairs(sub / "p.csv", tmp_path / "out3")
     assert not (tmp_path / "out3").exists()
+
+
+def test_source_fold_ids_decode_the_manifest(tmp_path):
+    import json
+
+    import numpy as np
+
+    from facedistill.data.pairs import source_fold_ids
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"pair_folds": [[6, 3], [7, 2]]}))
+    assert source_fold_ids(tmp_path).tolist() == [6, 6, 6, 7, 7]
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "pairs"}))  # packed before folds were stored
+    assert source_fold_ids(tmp_path) is None
+    assert source_fold_ids(tmp_path / "missing") is None
+    (tmp_path / "manifest.json").write_text(json.dumps({"pair_folds": [["x", 3]]}))
+    with pytest.raises(DataError, match="pair_folds"):
+        source_fold_ids(tmp_path)

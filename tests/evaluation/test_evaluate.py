@@ -247,6 +247,32 @@ def test_no_flip_and_folds(tmp_path):
     assert not np.allclose(flip.scores, noflip.results[0].metrics.scores)
 
 
+def test_fold_schemes_on_a_class_pure_packed_set(tmp_path):
+    """A set packed in class-pure order gets balanced folds by default; `source` uses its stored folds."""
+    rng = np.random.default_rng(0)
+    n = 400
+    path = tmp_path / "pure"
+    with PackedWriter(path, kind="pairs", source="test", extra={"pair_folds": [[6, 200], [7, 200]]}) as w:
+        for i in range(40):
+            w.add(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8), i // 2, f"img{i}")
+        same = np.r_[np.ones(100), np.zeros(100), np.ones(100), np.zeros(100)].astype(np.int64)
+        w.set_pairs(np.stack([rng.integers(0, 40, n), rng.integers(0, 40, n), same], 1))
+    model = tiny_onnx(tmp_path / "tiny.onnx", meta=META)
+    auto = evaluate([model], [path], threads=1)
+    row = auto.results[0].to_dict()
+    assert row["fold_scheme"] == "balanced" and row["fold_positives"] == [20] * 10
+    assert auto.settings["fold_scheme"] == "auto" and -1.0 <= row["impostor_cosine"] <= 1.0
+    contiguous = evaluate([model], [path], fold_scheme="contiguous", threads=1).results[0].metrics
+    assert contiguous.fold_positives == [40, 40, 20, 0, 0, 40, 40, 20, 0, 0]
+    source = evaluate([model], [path], fold_scheme="source", threads=1).results[0].metrics
+    assert source.fold_scheme == "source" and source.nfolds == 2 and source.fold_positives == [100, 100]
+    plain = write_pairs_set(tmp_path / "plain", num_pairs=200)
+    with pytest.raises(DataError, match="fold-scheme source"):
+        evaluate([model], [plain], fold_scheme="source", threads=1)
+    with pytest.raises(FaceDistillError, match="fold-scheme"):
+        evaluate([model], [plain], fold_scheme="stratified", threads=1)
+
+
 def test_onnx_flags_apply_only_without_metadata(tmp_path):
     data = write_pairs_set(tmp_path / "set", num_pairs=200)
     plain = tiny_onnx(tmp_path / "plain.onnx")

@@ -240,3 +240,72 @@ def test_large_run_fast_and_bounded():
     assert elapsed < 5.0, elapsed
     # a (n x 400) bool matrix alone would be 120 MB; we stay at a few copies of the n-vector
     assert peak < 60e6, peak
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fold schemes: contiguous folds of a class-pure order are meaningless; auto detects and balances.
+# ----------------------------------------------------------------------------------------------------
+def _random_embedding_scores(n, seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(size=(n, 64)), rng.normal(size=(n, 64))
+    return pair_scores(a, b)
+
+
+def test_class_pure_order_scores_chance_on_balanced_folds():
+    n = 1200
+    same = np.r_[np.ones(n // 2, bool), np.zeros(n // 2, bool)]  # all same pairs, then all different
+    scores = _random_embedding_scores(n, 0)
+    contiguous = verification_metrics(scores, same, folds="contiguous")
+    auto = verification_metrics(scores, same)  # default: auto
+    balanced = verification_metrics(scores, same, folds="balanced")
+    assert contiguous.fold_scheme == "contiguous" and contiguous.accuracy < 0.2  # the artefact: ~10% or less
+    assert auto.fold_scheme == "balanced" and auto.accuracy == balanced.accuracy
+    assert 0.4 < auto.accuracy < 0.6
+    assert auto.fold_positives == [60] * 10 and auto.to_dict()["fold_scheme"] == "balanced"
+
+
+def test_lfw_folds_6_7_layout_is_rebalanced():
+    # LFW pairs.txt order: per source fold 300 same then 300 different; folds 6-7 = 1,200 pairs.
+    block = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    same = np.r_[block, block]
+    contiguous = verification_metrics(np.zeros(1200) + 1.0, same, folds="contiguous")
+    assert contiguous.fold_positives == [120, 120, 60, 0, 0, 120, 120, 60, 0, 0]
+    scores = _random_embedding_scores(1200, 1)
+    assert verification_metrics(scores, same).fold_scheme == "balanced"
+    source = verification_metrics(scores, same, folds=np.repeat([6, 7], 600))
+    assert source.fold_scheme == "source" and source.nfolds == 2 and source.fold_positives == [300, 300]
+
+
+def test_auto_keeps_insightface_folds_for_a_full_bin_order():
+    # A .bin/pairs.txt in native order: 10 blocks of 300 same + 300 different -> exactly balanced.
+    rng = np.random.default_rng(3)
+    block = np.r_[np.ones(300, bool), np.zeros(300, bool)]
+    same = np.tile(block, 10)
+    dist = np.where(same, rng.normal(0.9, 0.4, same.size), rng.normal(1.6, 0.4, same.size)).clip(0, 3.99)
+    got = verification_metrics(dist, same)
+    acc, std, accs, thr = ref_verification(dist, same)
+    assert got.fold_scheme == "contiguous"
+    assert got.accuracy == acc and got.accuracy_std == std and got.fold_accuracies == list(accs)
+
+
+def test_balanced_fold_ids_are_stratified():
+    from facedistill.evaluation.protocol import balanced_fold_ids, contiguous_is_balanced
+
+    rng = np.random.default_rng(0)
+    same = rng.random(1003) < 0.3
+    ids = balanced_fold_ids(same, 10)
+    pos = np.bincount(ids[same], minlength=10)
+    size = np.bincount(ids, minlength=10)
+    assert pos.max() - pos.min() <= 1 and size.max() - size.min() <= 1
+    assert contiguous_is_balanced(same, 10)  # a random order is not flagged
+    assert not contiguous_is_balanced(np.sort(same), 10)
+
+
+def test_bad_fold_scheme_and_ids():
+    dist, same = random_scores(200, 0)
+    with pytest.raises(DataError, match="fold scheme"):
+        verification_metrics(dist, same, folds="interleaved")
+    with pytest.raises(DataError, match="fold ids"):
+        verification_metrics(dist, same, folds=np.zeros(10, dtype=int))
+    with pytest.raises(DataError, match="at least 2"):
+        verification_metrics(dist, same, folds=np.zeros(200, dtype=int))

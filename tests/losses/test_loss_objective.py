@@ -46,7 +46,8 @@ def test_unified_combines_terms_with_lambdas():
         out["distill"].backward()
         assert t.grad is None and s.grad is not None
     expected_keys = {"distill", "iled", "rpsd", "iled_d_mean", "iled_hard_d_mean", "iled_rho",
-                     "rpsd_active", "rpsd_pairs", "rpsd_positives", "bank_fill", "bank_entries"}
+                     "rpsd_active", "rpsd_pairs", "rpsd_positives", "bank_fill", "bank_entries",
+                         "rpsd_batch_pairs", "student_pair_cos"}
     assert set(out) == expected_keys
     assert all(not v.requires_grad for k, v in out.items() if k not in ("distill", "iled", "rpsd"))
     assert out["bank_entries"].item() == 12 and out["bank_fill"].item() == pytest.approx(0.5)
@@ -73,7 +74,7 @@ def test_baselines_are_weighted(kind, fn):
 def test_single_halves_use_their_lambda():
     s, t, y = _batch()
     out = DistillationObjective(DistillConfig(type="iled", lambda_iled=0.5, weight=9.0), DIM)(s, t, y, 0)
-    assert set(out) == {"distill", "iled", "iled_d_mean", "iled_hard_d_mean", "iled_rho"}
+    assert set(out) == {"distill", "iled", "iled_d_mean", "iled_hard_d_mean", "iled_rho", "student_pair_cos"}
     assert out["distill"].item() == pytest.approx(0.5 * out["iled"].item())
     out = DistillationObjective(DistillConfig(type="rpsd", lambda_rpsd=3.0, rpsd=SMALL_RPSD), DIM)(s, t, y, 0)
     assert "iled" not in out

@@ -40,7 +40,15 @@ def ref_pairs(s_raw, t_raw, labels, bank: MemoryBank, cfg: RPSDConfig):
         pos = [a for a in anchors if yi >= 0 and a[3] == yi]
         neg = [a for a in anchors if not (yi >= 0 and a[3] == yi)]
         neg.sort(key=lambda a: -a[2])
-        chosen = pos + neg[: cfg.hard_negatives]
+        if cfg.k_bank is not None or cfg.k_batch is not None:  # separate quotas
+            chosen = (pos + [a for a in neg if a[0] < k_cols][: cfg.k_bank or 0]
+                      + [a for a in neg if a[0] >= k_cols][: cfg.k_batch or 0])
+        else:
+            chosen = pos + neg[: cfg.hard_negatives]
+        taken = {a[0] for a in chosen}
+        # the student's own false positives: most similar for the STUDENT among the rest
+        fp = sorted((a for a in neg if a[0] not in taken), key=lambda a: -a[1])
+        chosen += fp[: cfg.student_negatives]
         taken = {a[0] for a in chosen}
         rest = [a for a in anchors if a[0] not in taken]
         rest.sort(key=lambda a: -abs(a[1] - a[2]))
@@ -101,6 +109,10 @@ CFGS = [
     RPSDConfig(bank_size=16, hard_negatives=0, mismatch_k=3, warmup_entries=0),
     RPSDConfig(bank_size=16, hard_negatives=4, use_in_batch=False, warmup_entries=0),
     RPSDConfig(bank_size=16, hard_negatives=4, mismatch_k=1, use_bank=False),
+    RPSDConfig(bank_size=16, k_bank=2, k_batch=2, warmup_entries=0),  # separate quotas
+    RPSDConfig(bank_size=16, k_bank=3, k_batch=1, student_negatives=2, mismatch_k=1, warmup_entries=0),
+    RPSDConfig(bank_size=16, hard_negatives=2, student_negatives=3, warmup_entries=0),
+    RPSDConfig(bank_size=16, k_bank=0, k_batch=3, student_negatives=1, use_bank=False),
 ]
 
 
@@ -227,3 +239,53 @@ def test_fp32_under_autocast():
         amp, _ = loss_fn.compute(s, t, labels)
     assert amp.dtype == torch.float32
     assert amp.item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_separate_quotas_give_in_batch_pairs_their_share():
+    """With one joint quota the bank crowds out the student-student pairs; k_batch guarantees them."""
+    g = torch.Generator().manual_seed(1)
+    dim, b = 64, 8
+    bank_t = torch.randn(16, dim, generator=g)
+    t = torch.randn(b, dim, generator=g)
+    t = t / t.norm(dim=1, keepdim=True)
+    bank_t = t.sum(0) + 0.05 * bank_t  # every bank anchor resembles the whole batch: the hardest are in the bank
+    labels = torch.arange(b)  # no positives
+    counts = {}
+    for name, cfg in {"joint": RPSDConfig(bank_size=16, hard_negatives=4, warmup_entries=0),
+                      "split": RPSDConfig(bank_size=16, k_bank=2, k_batch=2, warmup_entries=0)}.items():
+        loss = RPSDLoss(cfg, dim)
+        loss.bank.enqueue(bank_t / bank_t.norm(dim=1, keepdim=True), torch.full((16,), 100))
+        _, _, sel, _ = loss.relations_and_selection(t.clone(), t, labels)
+        counts[name] = (sel[:, :16].sum(1).tolist(), sel[:, 16:].sum(1).tolist())
+        _, stats = loss.compute(t.clone(), t, labels)
+        assert stats["rpsd_batch_pairs"].item() == pytest.approx(sum(counts[name][1]) / b)
+    assert sum(counts["joint"][1]) == 0  # the bank took every slot
+    assert counts["split"] == ([2] * b, [2] * b)
+
+
+def test_student_negatives_mine_the_students_false_positives():
+    """A collapsed student (all rows alike) has pairs the teacher calls dissimilar: they get mined."""
+    dim, b = 6, 6
+    t = torch.eye(dim)[:b]  # teacher: orthogonal identities
+    s = torch.ones(b, dim) + 0.01 * torch.randn(b, dim)  # student: collapsed
+    labels = torch.arange(b)
+    cfg_t = RPSDConfig(bank_size=4, k_bank=0, k_batch=0, use_bank=False)
+    cfg_s = RPSDConfig(bank_size=4, k_bank=0, k_batch=0, student_negatives=2, use_bank=False)
+    base = RPSDLoss(cfg_t, dim).compute(s, t, labels)[0]
+    loss = RPSDLoss(cfg_s, dim).compute(s, t, labels)[0]
+    assert base.item() == 0.0  # teacher mining alone sees nothing wrong
+    assert loss.item() > 0.5  # the student's false positives (cos ~1, target 0) are penalised
+
+
+def test_warns_when_fewer_anchors_than_dimensions():
+    with pytest.warns(UserWarning, match="k vs D"):
+        RPSDLoss(RPSDConfig(bank_size=64, hard_negatives=8), 16)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        RPSDLoss(RPSDConfig(bank_size=64, k_bank=12, k_batch=4), 16)  # 16 anchors for 16 dims: fine
+
+
+def test_default_warmup_is_the_bank_quota_with_split_quotas():
+    assert RPSDConfig(hard_negatives=64, k_bank=10, k_batch=5).effective_warmup_entries() == 10
