@@ -402,12 +402,9 @@ class Trainer:
         where = {int(i): k for k, i in enumerate(used)}
         a = emb[[where[int(i)] for i in pairs[:, 0]]]
         b = emb[[where[int(i)] for i in pairs[:, 1]]]
-        scores = pair_scores(a, b)
-        same = pairs[:, 2].astype(bool)
-        result = verification_metrics(scores, same)
-        impostor = float(scores[~same].mean()) if (~same).any() else float("nan")
+        result = verification_metrics(pair_scores(a, b), pairs[:, 2].astype(bool))
         return {"val_accuracy": result.accuracy, "val_accuracy_std": result.accuracy_std,
-                "val_impostor_cosine": round(impostor, 4)}
+                "val_impostor_cosine": round(result.impostor_cosine, 4)}
 
     # ---------------------------------------------------------------------------------------------
     # Checkpointing
