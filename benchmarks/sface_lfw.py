@@ -4,16 +4,20 @@ What it does, each step through the ``facedistill`` CLI a user would type:
 
 1. checks the inputs (``models/sface_fp32.onnx``, ``data/lfw112/{train,val}``; the recipe header
    says how to make them) and builds the frozen teacher's embedding cache once, with every core;
-2. trains one student per distillation type (``recipes/sface_lfw/<type>.yaml``; the unified row is
-   ``recipes/sface_to_mbf_lfw.yaml``) under the same budget: same epochs, batch, seed and threads;
+2. trains one student per distillation type and seed (``recipes/sface_lfw/<type>.yaml``; the unified
+   row is ``recipes/sface_to_mbf_lfw.yaml``) under the same budget: same epochs, batch and threads;
+   with ``--seeds 0,1,2`` every type is trained once per seed (runs ``<type>-s<seed>``, seed by
+   seed) and the table shows the mean ± std over seeds;
    ``--jobs 2 --threads 1`` runs two rows side by side, which on a 2-core CPU gets ~20% more images/s
    than one row on two threads. Finished rows are reused; killed rows resume;
-3. evaluates the teacher and every student on the val pairs (10-fold, flip TTA, the LFW protocol);
+3. evaluates the teacher and every student on the val pairs (10-fold, flip TTA, the LFW protocol,
+   balanced folds where the pair list's blocks are not); EER and the impostor-pair cosine beside;
 4. deploys one row (``--deploy``, default unified): fp32 and int8 ONNX, both evaluated on the same
    pairs, sizes, and batch-1 single-thread latency next to the teacher's;
 5. prints the two tables, writes ``<workdir>/sface_lfw.json`` and a PNG chart.
 
     python benchmarks/sface_lfw.py --workdir runs/sface_lfw --epochs 3 --jobs 2 --threads 1
+    python benchmarks/sface_lfw.py --types none,iled,rpsd,unified --seeds 0,1,2 --deploy ''
 
 Timings are this machine's; rows run concurrently share its cores, which the table states.
 """
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -42,7 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", type=Path, default=Path("runs/sface_lfw"), help="runs and results go here")
     ap.add_argument("--types", default=",".join(ALL_TYPES), help=f"rows (default {','.join(ALL_TYPES)})")
     ap.add_argument("--epochs", type=float, default=3.0, help="training epochs of every row (the equal budget)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None, help="one seed (same as --seeds N)")
+    ap.add_argument("--seeds", default="0", help="comma-separated seeds: every type is trained once per seed and "
+                                                 "the table shows mean ± std over seeds (default 0)")
     ap.add_argument("--jobs", type=int, default=2, help="rows trained at the same time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -51,6 +58,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
     args.type_list = [t.strip() for t in args.types.split(",") if t.strip()]
+    try:
+        args.seed_list = [args.seed] if args.seed is not None else [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        ap.error(f"--seeds: expected comma-separated integers, got {args.seeds!r}")
+    if not args.seed_list or len(set(args.seed_list)) != len(args.seed_list):
+        ap.error("--seeds: give at least one seed, each once")
     bad = [t for t in args.type_list if t not in ALL_TYPES]
     if bad or not args.type_list:
         ap.error(f"--types: unknown {bad}; choose from {', '.join(ALL_TYPES)}")
@@ -79,9 +92,14 @@ def run_cli(argv: list[str], log_file: Path, ok: tuple[int, ...] = (0,)) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-def row_overrides(args: argparse.Namespace, kind: str) -> list[str]:
-    return [f"output_dir={args.workdir.resolve()}", f"name={kind}", f"train.epochs={args.epochs}",
-            f"train.seed={args.seed}", f"train.threads={args.threads}", "data.workers=0",
+def row_label(args: argparse.Namespace, kind: str, seed: int) -> str:
+    """The run's name: the type alone for one seed, ``<type>-s<seed>`` for several."""
+    return kind if len(args.seed_list) == 1 else f"{kind}-s{seed}"
+
+
+def row_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[str]:
+    return [f"output_dir={args.workdir.resolve()}", f"name={row_label(args, kind, seed)}",
+            f"train.epochs={args.epochs}", f"train.seed={seed}", f"train.threads={args.threads}", "data.workers=0",
             "train.eval_every=-1"] + args.overrides
 
 
@@ -94,10 +112,13 @@ def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from facedistill.engine.run_state import prepare_run
 
     rows = []
-    for kind in args.type_list:
-        recipe = load_recipe(recipe_path(kind), row_overrides(args, kind))
-        state = prepare_run(recipe, lambda msg, kind=kind: log(f"{kind}: {msg}"))
-        rows.append({"type": kind, "recipe": recipe, "run_dir": state.run_dir, "how": state.action})
+    for seed in args.seed_list:  # seed-major: a killed sweep leaves whole seeds behind
+        for kind in args.type_list:
+            label = row_label(args, kind, seed)
+            recipe = load_recipe(recipe_path(kind), row_overrides(args, kind, seed))
+            state = prepare_run(recipe, lambda msg, label=label: log(f"{label}: {msg}"))
+            rows.append({"type": kind, "seed": seed, "label": label, "recipe": recipe, "run_dir": state.run_dir,
+                         "how": state.action})
     return rows
 
 
@@ -120,23 +141,24 @@ def ensure_teacher_cache(recipe) -> dict[str, Any]:
 
 def train_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     todo = [r for r in rows if r["how"] != "reuse"]
-    todo.sort(key=lambda r: r["type"] != args.deploy)  # the deployed row first: its export can start early
+    # seed by seed (a sweep cut short leaves whole seeds), the deployed row first: its export can start early
+    todo.sort(key=lambda r: (args.seed_list.index(r["seed"]), r["type"] != args.deploy))
     for r in rows:
         if r["how"] == "reuse":
-            log(f"{r['type']}: reusing {r['run_dir']}")
+            log(f"{r['label']}: reusing {r['run_dir']}")
     running: list[tuple[dict[str, Any], subprocess.Popen, Any]] = []
     failed: list[str] = []
     while todo or running:
         while todo and len(running) < args.jobs:
             r = todo.pop(0)
-            argv = cli("distill", str(recipe_path(r["type"])))  # non-TTY: a line per 50 steps
-            for o in row_overrides(args, r["type"]):
+            argv = cli("distill", str(recipe_path(r["type"])))  # non-TTY: a progress line every 20 s
+            for o in row_overrides(args, r["type"], r["seed"]):
                 argv += ["--set", o]
             if r["how"] == "resume":
                 argv.append("--resume")
-            r["log"] = args.workdir / f"{r['type']}.log"
+            r["log"] = args.workdir / f"{r['label']}.log"
             fh = open(r["log"], "a")
-            log(f"{r['type']}: {'resuming' if r['how'] == 'resume' else 'training'} "
+            log(f"{r['label']}: {'resuming' if r['how'] == 'resume' else 'training'} "
                 f"({args.epochs:g} epochs, {args.threads} thread(s)) -> {r['run_dir']}")
             running.append((r, subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT), fh))
         time.sleep(5)
@@ -148,10 +170,10 @@ def train_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             running.remove(item)
             if proc.returncode == 0:
                 s = json.loads((r["run_dir"] / "summary.json").read_text())
-                log(f"{r['type']}: done in {s['wall_time_s']:.0f} s")
+                log(f"{r['label']}: done in {s['wall_time_s']:.0f} s")
             else:
-                failed.append(r["type"])
-                log(f"{r['type']}: FAILED (exit {proc.returncode}), see {r['log']}")
+                failed.append(r["label"])
+                log(f"{r['label']}: FAILED (exit {proc.returncode}), see {r['log']}")
     if failed:
         raise SystemExit(f"rows failed: {', '.join(failed)} (their logs are in {args.workdir})")
 
@@ -198,6 +220,11 @@ def deploy(args: argparse.Namespace, row: dict[str, Any], teacher_onnx: Path, tr
 
 
 # --------------------------------------------------------------------------------------------
+def _mean(values: list[Any]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
 def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str, Any]:
     by_spec = {r["model_spec"]: r for r in evaluation["results"]}  # evaluate_all passed str(path) verbatim
 
@@ -206,13 +233,30 @@ def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str
 
     t = acc_of(str(teacher_onnx))
     table = [{"model": "teacher (SFace, ONNX)", "accuracy": t["accuracy"], "accuracy_std": t["accuracy_std"],
-              "tar_at_far_1e-3": t["tar_at_far"].get("1e-03") or t["tar_at_far"].get("0.001")}]
+              "tar_at_far_1e-3": t["tar_at_far"].get("1e-03") or t["tar_at_far"].get("0.001"),
+              "eer": t.get("eer"), "impostor_cosine": t.get("impostor_cosine"), "fold_scheme": t.get("fold_scheme")}]
+    runs = []
     for r in rows:
         s = json.loads((r["run_dir"] / "summary.json").read_text())
         e = acc_of(str(r["run_dir"]))
-        table.append({"model": r["type"], "accuracy": e["accuracy"], "accuracy_std": e["accuracy_std"],
-                      "epochs": args.epochs, "steps": s["steps"], "wall_time_s": s["wall_time_s"],
-                      "images_per_s": s.get("images_per_s"), "run_dir": str(r["run_dir"]), "how": r["how"]})
+        runs.append({"type": r["type"], "seed": r["seed"], "accuracy": e["accuracy"],
+                     "fold_std": e["accuracy_std"], "eer": e.get("eer"), "impostor_cosine": e.get("impostor_cosine"),
+                     "steps": s["steps"], "wall_time_s": s["wall_time_s"], "images_per_s": s.get("images_per_s"),
+                     "run_dir": str(r["run_dir"]), "how": r["how"]})
+    for kind in args.type_list:
+        mine = [x for x in runs if x["type"] == kind]
+        accs = [x["accuracy"] for x in mine]
+        several = len(mine) > 1
+        table.append({"model": kind, "accuracy": statistics.fmean(accs),
+                      # the spread over seeds when there are several, else the 10-fold std of the one run
+                      "accuracy_std": statistics.stdev(accs) if several else mine[0]["fold_std"],
+                      "spread": "seeds" if several else "folds", "accuracies": accs,
+                      "seeds": [x["seed"] for x in mine], "eer": _mean([x["eer"] for x in mine]),
+                      "impostor_cosine": _mean([x["impostor_cosine"] for x in mine]),
+                      "epochs": args.epochs, "steps": mine[0]["steps"],
+                      "wall_time_s": statistics.fmean(x["wall_time_s"] for x in mine),
+                      "images_per_s": _mean([x["images_per_s"] for x in mine]),
+                      "run_dir": mine[0]["run_dir"], "how": ",".join(sorted({x["how"] for x in mine}))})
     deploy_rows = []
     if deployed:
         bench = {Path(b["path"]).resolve(): b for b in deployed["benchmark"]["rows"] if b["status"] == "ok"}
@@ -229,10 +273,11 @@ def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str
                                 "speedup_vs_teacher": (tb["p50_ms"] / b["p50_ms"]) if (b and tb) else None,
                                 "gate": art.get("gate"), "gate_passed": art.get("passed"),
                                 "cosine_mean_vs_reference": art.get("cosine_mean")})
-    return {"benchmark": "sface_lfw", "settings": {"types": args.type_list, "epochs": args.epochs, "seed": args.seed,
+    return {"benchmark": "sface_lfw", "settings": {"types": args.type_list, "epochs": args.epochs,
+                                                   "seeds": args.seed_list,
                                                    "jobs": args.jobs, "threads": args.threads,
                                                    "overrides": args.overrides, "deploy": args.deploy},
-            "teacher_cache": cache, "val_pairs": t["pairs"], "rows": table, "deploy": deploy_rows,
+            "teacher_cache": cache, "val_pairs": t["pairs"], "rows": table, "runs": runs, "deploy": deploy_rows,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
 
 
@@ -243,14 +288,18 @@ def print_tables(result: dict[str, Any]) -> None:
     s = result["settings"]
     console = Console(width=max(110, Console().width))
     tab = Table(title=f"SFace -> MobileFaceNet, LFW folds 6-7 ({result['val_pairs']} pairs)",
-                caption=f"equal budget: {s['epochs']:g} epochs, seed {s['seed']}, {s['jobs']} rows at a time x "
-                        f"{s['threads']} thread(s); ± = std over the 10 folds")
-    for c in ("model", "accuracy %", "steps", "train s", "img/s"):
+                caption=f"equal budget: {s['epochs']:g} epochs, seeds {','.join(map(str, s['seeds']))}, {s['jobs']} "
+                        f"rows at a time x {s['threads']} thread(s); ± = "
+                        + ("std over seeds" if len(s["seeds"]) > 1 else "std over the 10 folds")
+                        + f"; folds: {result['rows'][0].get('fold_scheme')}")
+    for c in ("model", "accuracy %", "EER %", "impostor cos", "steps", "train s", "img/s"):
         tab.add_column(c, justify="left" if c == "model" else "right")
     rows = result["rows"]
     best = max(r["accuracy"] for r in rows[1:]) if len(rows) > 1 else None
     for r in rows:
         tab.add_row(r["model"], f"{100 * r['accuracy']:.2f} ± {100 * r['accuracy_std']:.2f}",
+                    f"{100 * r['eer']:.2f}" if r.get("eer") is not None else "",
+                    f"{r['impostor_cosine']:.3f}" if r.get("impostor_cosine") is not None else "",
                     str(r.get("steps", "")), f"{r['wall_time_s']:.0f}" if "wall_time_s" in r else "",
                     f"{r['images_per_s']:.1f}" if r.get("images_per_s") else "",
                     style="bold" if r["accuracy"] == best else ("dim" if "teacher" in r["model"] else None))
@@ -283,7 +332,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     teacher = 100 * result["rows"][0]["accuracy"]
     ax.axhline(teacher, ls="--", color="k", lw=1, label=f"teacher {teacher:.2f}%")
     ax.set_ylim(max(0.0, min(a - e for a, e in zip(acc, err)) - 3), 100)
-    ax.set_ylabel("LFW folds 6-7 accuracy % (± fold std)")
+    spread = "std over seeds" if len(result["settings"]["seeds"]) > 1 else "fold std"
+    ax.set_ylabel(f"LFW folds 6-7 accuracy % (± {spread})")
     ax.set_title(f"SFace -> MobileFaceNet, {result['settings']['epochs']:g} epochs each")
     ax.legend(loc="lower right")
     fig.tight_layout()
@@ -311,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = evaluate_all(args, teacher_onnx, val, rows)
     deployed = None
     if args.deploy:
-        deployed = deploy(args, next(r for r in rows if r["type"] == args.deploy), teacher_onnx, train, val)
+        deployed = deploy(args, next(r for r in rows if r["type"] == args.deploy and r["seed"] == args.seed_list[0]),
+                          teacher_onnx, train, val)
     result = summarise(args, rows, evaluation, deployed, cache, teacher_onnx)
     print_tables(result)
     png = args.workdir / "sface_lfw.png"
