@@ -46,6 +46,8 @@ class RichMonitor:
         terms = " ".join(f"{k.removeprefix('loss_')}={v:.3f}" for k, v in metrics.items()
                          if k.startswith("loss") and isinstance(v, float))
         info = f"{terms} {metrics.get('images_per_s') or 0:.0f} img/s"
+        if isinstance(metrics.get("student_pair_cos"), float):  # rising towards 1: the student is collapsing
+            info += f" pair_cos={metrics['student_pair_cos']:.2f}"
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info)
         if self._plain is not None:
