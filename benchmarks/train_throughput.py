@@ -48,29 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facedistill.bench.sysinfo import contention_warning, machine_info  # noqa: E402
-
-
-# -- CPU features ---------------------------------------------------------------------------------
-def bf16_support() -> tuple[bool, str]:
-    """(native bf16 matmul/conv on this CPU, why): AVX512-BF16 or AMX-BF16 flags, or torch's view."""
-    import torch
-
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    found = sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-    cap = torch.backends.cpu.get_cpu_capability()
-    if found:
-        return True, f"CPU flags {','.join(found)} (torch capability {cap})"
-    if cap in ("AVX512_BF16", "AMX"):  # not reported by this torch today; kept for newer builds
-        return True, f"torch capability {cap}"
-    return False, f"no avx512_bf16/amx_bf16 in /proc/cpuinfo, torch capability {cap}"
+from facedistill.bench.sysinfo import contention_warning, cpu_bf16_support, machine_info  # noqa: E402
 
 
 # -- model and step -------------------------------------------------------------------------------
@@ -242,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info()
     busy = contention_warning(info)
-    bf16_ok, bf16_why = bf16_support()
+    bf16_ok, bf16_why = cpu_bf16_support()
     threads = [int(t) for t in args.threads.split(",") if t]
     report: dict[str, Any] = {"machine": {k: info.get(k) for k in ("cpu_model", "usable_cpus", "load_average_1m")},
                               "torch": torch.__version__, "arch": args.arch, "embedding_size": args.embedding_size,
