@@ -324,20 +324,33 @@ def main(argv: list[str] | None = None) -> int:
                 cos = (got * ref_emb).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref_emb, axis=1)
                 parity[e.name] = float(cos.min())
 
+            cpu_time: dict[str, list[tuple[float, float]]] = {e.name: [] for e in embedders}
+
             def run_eval(e) -> float:
+                import resource
+
+                r0 = resource.getrusage(resource.RUSAGE_SELF)
                 tic = time.perf_counter()
                 e.fn(images)
-                return len(images) / (time.perf_counter() - tic)
+                wall = time.perf_counter() - tic
+                r1 = resource.getrusage(resource.RUSAGE_SELF)
+                cpu_time[e.name].append((r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime))
+                return len(images) / wall
 
             times = interleaved(embedders, run_eval, args.rounds)
             ref = float(np.median(times[embedders[0].name]))
             print(f"\nevaluation embedding, {len(images)} faces, 1 thread (median of {args.rounds} interleaved rounds)")
-            print(f"{'embedder':40s} {'images/s':>9s} {'vs legacy':>10s} {'min cos vs legacy':>18s}")
+            print(f"{'embedder':40s} {'images/s':>9s} {'vs legacy':>10s} {'min cos vs legacy':>18s} "
+                  f"{'sys/user CPU':>13s}")
             for e in embedders:
                 med = float(np.median(times[e.name]))
+                user = sum(u for u, _ in cpu_time[e.name])
+                system = sum(s_ for _, s_ in cpu_time[e.name])
                 report["eval"][e.name] = {"images_per_s": round(med, 2), "rounds": [round(t, 2) for t in times[e.name]],
-                                          "vs_legacy": round(med / ref, 2), "min_cosine_vs_legacy": parity[e.name]}
-                print(f"{e.name:40s} {med:9.2f} {med / ref:9.2f}x {parity[e.name]:18.6f}")
+                                          "vs_legacy": round(med / ref, 2), "min_cosine_vs_legacy": parity[e.name],
+                                          "user_s": round(user, 2), "system_s": round(system, 2)}
+                print(f"{e.name:40s} {med:9.2f} {med / ref:9.2f}x {parity[e.name]:18.6f} "
+                      f"{system / max(user, 1e-9):13.2f}")
 
     info_after = machine_info()
     report["machine"]["load_average_1m_after"] = info_after.get("load_average_1m")
