@@ -319,3 +319,43 @@ def peak_rss_mb() -> float | None:
         return kb / 1024
     ru = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return ru / 2**20 if sys.platform == "darwin" else ru / 1024
+
+
+# --- bf16 on CPU ------------------------------------------------------------------------------
+
+def cpu_bf16_support(cpuinfo_text: str | None = None) -> tuple[bool, str]:
+    """(native bf16 on this CPU, why): AVX512-BF16 or AMX-BF16 in /proc/cpuinfo, or torch's capability.
+
+    Without them bf16 autocast on CPU is emulated and slower than fp32, so ``train.precision: auto``
+    stays fp32 there.
+    """
+    text = cpuinfo_text if cpuinfo_text is not None else (_read("/proc/cpuinfo") or "")
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags") or line.startswith("Features"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    found = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    cap = None
+    try:
+        import torch
+
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # noqa: BLE001 - torch absent or too old: flags decide
+        pass
+    if found:
+        return True, f"CPU flags {','.join(found)} (torch capability {cap})"
+    if cap in ("AVX512_BF16", "AMX"):
+        return True, f"torch capability {cap}"
+    return False, f"no avx512_bf16/amx_bf16 in the CPU flags, torch capability {cap}"
+
+
+def resolve_precision(precision: str, device_type: str = "cpu", cpuinfo_text: str | None = None) -> str:
+    """``train.precision`` -> what to run: ``auto`` is bf16 on CPUs with native bf16, else fp32."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device_type != "cpu":
+        return "fp32"   # CUDA keeps its own fp16 AMP switch (train.amp)
+    return "bf16" if cpu_bf16_support(cpuinfo_text)[0] else "fp32"

@@ -68,6 +68,21 @@ PICK_HELP = "With several faces in a photo: keep the largest, or the most centra
 JSON_HELP = "Write the summary as JSON ('-' for stdout)."
 WORKERS_HELP = "Decode/align threads (default: up to 8)."
 STRICT_HELP = "Stop at the first unusable input instead of skipping and reporting it."
+PAD_HELP = ("--align yunet: black border added around images under 200 px before detection, as a fraction of "
+            "their long side (YuNet wants context around the face; 0 = none).")
+UPSCALE_HELP = ("--align yunet: scale images whose long side is below N px up to N before detection "
+                "(YuNet is trained on faces of about 10-300 px; 0 = off).")
+RETRY_HELP = "--align yunet: when no face is found, try once more at 2x."
+FILL_HELP = ("What covers the part of an aligned crop outside the source image (tight chips): black, replicate "
+             "(edge pixels) or reflect.")
+MAX_BORDER_HELP = ("Skip faces whose aligned crop lies more than this fraction outside the source image "
+                   "(1 keeps all; UTKFace chips are about 0.3).")
+
+
+def _align_options(detect_pad: float, detect_upscale: int, detect_retry: bool, fill: str,
+                   max_border: float) -> dict[str, Any]:
+    return {"detect_pad": detect_pad, "detect_upscale": detect_upscale, "detect_retry": detect_retry,
+            "fill": fill, "max_border": max_border}
 
 
 @contextlib.contextmanager
@@ -89,7 +104,8 @@ def _lazy_progress(description: str, quiet: bool = False) -> Iterator[Callable[.
 _ROWS = [("source", "source"), ("out", "output"), ("kind", "kind"), ("identities", "identities"),
          ("images", "images"), ("pairs", "pairs"), ("same_pairs", "same pairs"),
          ("different_pairs", "different pairs"), ("folds", "folds"), ("align", "align"),
-         ("multiple_faces", "photos with several faces"), ("skipped", "skipped"), ("seconds", "time (s)")]
+         ("unlabeled", "unlabeled (label -1)"), ("multiple_faces", "photos with several faces"),
+         ("skipped", "skipped"), ("seconds", "time (s)"), ("grid", "grid")]
 
 
 def _show(title: str, summary: dict, json_out: Optional[Path]) -> None:
@@ -104,6 +120,13 @@ def _show(title: str, summary: dict, json_out: Optional[Path]) -> None:
             table.add_row(label, str(value))
     for reason, count in (summary.get("skipped_by_reason") or {}).items():
         table.add_row("  skipped: " + reason, str(count))
+    det = summary.get("detection")
+    if det and det.get("attempted"):
+        table.add_row("detection rate", f"{det['faces_found']}/{det['attempted']} = {det['detection_rate']:.2%}")
+    border = summary.get("border_fraction")
+    if border:
+        table.add_row("crop outside image", f"mean {border['mean']:.1%}, p90 {border['p90']:.1%}, "
+                                            f">5% in {border['over_5pct']:.1%} of faces (fill {border['fill']})")
     out_console.print(table)
     examples = summary.get("skipped_examples") or []
     if examples:
@@ -158,12 +181,25 @@ def folder(
                                                                          "its --folds name."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Folds of --pairs-file to keep, e.g. 1-5."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Pack at most N images."),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="The folder names no identities (e.g. UTKFace "
+                                                              "chips): every image gets label -1."),
+    detect_pad: float = typer.Option(0.25, "--detect-pad", help=PAD_HELP),
+    detect_upscale: int = typer.Option(0, "--detect-upscale", help=UPSCALE_HELP),
+    detect_retry: bool = typer.Option(True, "--detect-retry/--no-detect-retry", help=RETRY_HELP),
+    fill: str = typer.Option("black", "--fill", help=FILL_HELP),
+    max_border: float = typer.Option(1.0, "--max-border", help=MAX_BORDER_HELP),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="Also write a PNG grid of packed crops (spread over "
+                                                             "the set) to check the alignment by eye."),
+    grid_count: int = typer.Option(64, "--grid-count", help="Crops in the --grid PNG (8 per row)."),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
 ) -> None:
     """Pack a folder of face images (aligned, or raw photos to detect and align) as a train set.
+
+    Example (unlabeled tight chips): facedistill prepare folder utkface/ --out data/utkface --unlabeled
+    --align yunet --detector yunet_fp32.onnx --grid utkface.png
 
     Example: facedistill prepare folder att_faces/ --out data/att --align yunet --detector yunet_fp32.onnx
 
@@ -174,8 +210,10 @@ def folder(
 
     with _lazy_progress("packing images", quiet) as progress:
         summary = prepare_folder(source, out, align=align, detector=detector, landmarks=landmarks, pick=pick,
-                                 layout=layout, pairs_file=pairs_file, folds=folds, limit=limit, workers=workers,
-                                 strict=strict, progress=progress)
+                                 layout=layout, pairs_file=pairs_file, folds=folds, limit=limit, unlabeled=unlabeled,
+                                 align_options=_align_options(detect_pad, detect_upscale, detect_retry, fill,
+                                                              max_border),
+                                 grid=grid, grid_count=grid_count, workers=workers, strict=strict, progress=progress)
     _show("prepare folder", summary, json_out)
 
 
@@ -195,6 +233,11 @@ def pairs(
     pick: str = typer.Option("largest", "--pick", help=PICK_HELP),
     limit_pairs: Optional[int] = typer.Option(None, "--limit-pairs", help="Keep at most N pairs (half same, "
                                                                           "half different)."),
+    detect_pad: float = typer.Option(0.25, "--detect-pad", help=PAD_HELP),
+    detect_upscale: int = typer.Option(0, "--detect-upscale", help=UPSCALE_HELP),
+    detect_retry: bool = typer.Option(True, "--detect-retry/--no-detect-retry", help=RETRY_HELP),
+    fill: str = typer.Option("black", "--fill", help=FILL_HELP),
+    max_border: float = typer.Option(1.0, "--max-border", help=MAX_BORDER_HELP),
     workers: Optional[int] = typer.Option(None, "--workers", help=WORKERS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -213,9 +256,30 @@ def pairs(
 
     with _lazy_progress("packing pair images", quiet) as progress:
         summary = prepare_pairs(source, out, images=images, folds=folds, align=align, detector=detector,
-                                landmarks=landmarks, pick=pick, limit_pairs=limit_pairs, workers=workers,
-                                strict=strict, progress=progress)
+                                landmarks=landmarks, pick=pick, limit_pairs=limit_pairs,
+                                align_options=_align_options(detect_pad, detect_upscale, detect_retry, fill,
+                                                             max_border),
+                                workers=workers, strict=strict, progress=progress)
     _show("prepare pairs", summary, json_out)
+
+
+@prepare_app.command("grid")
+@user_errors
+def grid_cmd(
+    dataset: Path = typer.Argument(..., help="A packed dataset folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output PNG."),
+    count: int = typer.Option(64, "--count", help="Crops to show, spread evenly over the set (8 per row)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Write a PNG grid of a packed set's crops, to check alignment by eye.
+
+    Example: facedistill prepare grid data/utkface --out utkface.png --count 64
+    """
+    from facedistill.data.prepare import write_grid
+
+    summary = write_grid(dataset, out, count)
+    console.print(f"wrote {summary['grid']} ({len(summary['grid_indices'])} crops)")
+    write_json_output(json_out, summary)
 
 
 _MODEL_ROWS = ("source", "member", "source_sha256_known", "out", "out_bytes", "folded_dequantize",

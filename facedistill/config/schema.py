@@ -42,7 +42,13 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
             try:
                 return _convert(value, arg, path, where)
             except RecipeError as e:
-                errors.append(e)
+                # a list or mapping that fits an alternative's shape: its own error names the inner key
+                shaped = (isinstance(value, list) and typing.get_origin(arg) is list) or (
+                    isinstance(value, dict) and dataclasses.is_dataclass(arg))
+                errors.append((shaped, e))
+        for shaped, e in errors:
+            if shaped:
+                raise e
         raise RecipeError(f"{where}: `{path}` must be {_type_name(tp)}, got {value!r}")
     if origin is list:
         (inner,) = typing.get_args(tp) or (Any,)

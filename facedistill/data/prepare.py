@@ -126,6 +126,7 @@ class _Result:
     sha256: str = ""
     label: int | None = None      # from the source (recordio)
     not_square: bool = False
+    border: float | None = None   # fraction of the aligned crop outside the source image
 
 
 class _Report:
@@ -198,10 +199,10 @@ def _decode_to_112(data: bytes, name: str, aligner: Aligner | None) -> _Result:
         import cv2
 
         return _Result(cv2.cvtColor(out, cv2.COLOR_BGR2RGB), not_square=img.shape[0] != img.shape[1])
-    rgb, reason = aligner.align(img, name)
+    rgb, reason, border = aligner.align_with_border(img, name)
     if rgb is None:
         return _Result(None, reason)
-    return _Result(rgb, not_square=aligner.mode == "none" and img.shape[0] != img.shape[1])
+    return _Result(rgb, not_square=aligner.mode == "none" and img.shape[0] != img.shape[1], border=border)
 
 
 def _load_file(path: Path, key: str, aligner: Aligner) -> _Result:
@@ -222,8 +223,10 @@ def _load_file(path: Path, key: str, aligner: Aligner) -> _Result:
     return res
 
 
-def _make_aligner(align: str, detector: str | os.PathLike | None, landmarks: Any, pick: str) -> Aligner:
-    return Aligner(mode=align, detector=detector, landmarks=landmarks, pick=pick)
+def _make_aligner(align: str, detector: str | os.PathLike | None, landmarks: Any, pick: str,
+                  options: dict[str, Any] | None = None) -> Aligner:
+    """``options``: the ``Aligner`` knobs detect_pad, detect_upscale, detect_retry, fill, max_border."""
+    return Aligner(mode=align, detector=detector, landmarks=landmarks, pick=pick, **(options or {}))
 
 
 def _align_extra(aligner: Aligner, detector: str | os.PathLike | None) -> dict[str, Any]:
@@ -232,7 +235,44 @@ def _align_extra(aligner: Aligner, detector: str | os.PathLike | None) -> dict[s
         extra["detector"] = str(detector)
         extra["detector_sha256"] = sha256_file(Path(detector))
         extra["pick"] = aligner.pick
+        extra["detect_pad"] = aligner.detect_pad
+        extra["detect_upscale"] = aligner.detect_upscale
+        extra["detect_retry"] = aligner.detect_retry
+    if aligner.mode in ("yunet", "landmarks"):
+        extra["fill"] = aligner.fill
+        extra["max_border"] = aligner.max_border
     return extra
+
+
+def write_grid(dataset: str | os.PathLike, png: str | os.PathLike, count: int = 64, columns: int = 8) -> dict[str, Any]:
+    """Write a PNG contact sheet of ``count`` crops spread evenly over a packed set (to eyeball alignment).
+
+    Returns the indices shown (row-major). Written atomically.
+    """
+    import cv2
+
+    from facedistill.data.packed import PackedDataset
+    from facedistill.utils.atomic import write_bytes_atomic
+
+    if count < 1 or columns < 1:
+        raise DataError("--grid-count and the number of columns must be at least 1")
+    ds = PackedDataset(dataset)
+    n = len(ds)
+    if n == 0:
+        raise DataError(f"{dataset}: the packed set holds no images; nothing to draw")
+    idx = np.unique(np.linspace(0, n - 1, min(count, n)).round().astype(np.int64))
+    imgs = ds.images(idx)
+    rows = -(-len(idx) // columns)
+    side = imgs.shape[1]
+    sheet = np.zeros((rows * (side + 2), columns * (side + 2), 3), np.uint8)
+    for k, img in enumerate(imgs):
+        r, c = divmod(k, columns)
+        sheet[r * (side + 2) + 1: r * (side + 2) + 1 + side, c * (side + 2) + 1: c * (side + 2) + 1 + side] = img
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise DataError(f"{png}: could not encode the PNG grid")
+    write_bytes_atomic(png, buf.tobytes())
+    return {"grid": str(png), "grid_indices": idx.tolist()}
 
 
 # -- RecordIO ----------------------------------------------------------------------------------
@@ -331,6 +371,8 @@ def prepare_folder(source: str | os.PathLike, out: str | os.PathLike, *, align: 
                    detector: str | os.PathLike | None = None, landmarks: Any = None, pick: str = "largest",
                    layout: str = "auto", pairs_file: str | os.PathLike | None = None,
                    folds: str | Sequence[int] | None = None, limit: int | None = None,
+                   unlabeled: bool = False, align_options: dict[str, Any] | None = None,
+                   grid: str | os.PathLike | None = None, grid_count: int = 64,
                    workers: int | None = None, strict: bool = False,
                    progress: Progress | None = None) -> dict[str, Any]:
     """Pack a folder of face images, one sub-folder (or file-name prefix) per identity, as a train set.
@@ -339,13 +381,17 @@ def prepare_folder(source: str | os.PathLike, out: str | os.PathLike, *, align: 
     ``landmarks`` (``landmarks`` = CSV/JSON file or dict path -> 10 floats), ``center``.
     ``pairs_file`` + ``folds``: keep only the images named by those folds of an LFW pairs file
     (e.g. train on folds 1-5, evaluate on 6-7). ``limit``: pack at most N images.
+    ``unlabeled``: the folder says nothing about identities (UTKFace chips): every image gets
+    label -1 (training uses it in label-free terms only). ``align_options``: ``Aligner`` knobs
+    (detect_pad, detect_upscale, detect_retry, fill, max_border). ``grid``: also write a PNG
+    contact sheet of ``grid_count`` packed crops there.
     """
     from facedistill.data.folders import scan_folder
     from facedistill.data.pairs import read_pairs
 
     start = time.time()
     workers = workers or default_workers()
-    aligner = _make_aligner(align, detector, landmarks, pick)
+    aligner = _make_aligner(align, detector, landmarks, pick, align_options)
     scan = scan_folder(source, layout)
     report = _Report(strict)
     report.extend(scan.skipped)
@@ -384,25 +430,32 @@ def prepare_folder(source: str | os.PathLike, out: str | os.PathLike, *, align: 
     per_identity_ok: collections.Counter = collections.Counter()
     per_identity_total = collections.Counter(it.identity for it in items)
     not_square = 0
+    borders: list[float] = []
     _check_space(out, len(items))
     _progress_start(progress, len(items))
     extra = {"source_kind": "folder", "layout": scan.layout, **_align_extra(aligner, detector), **pairs_extra,
-             "ignored": scan.ignored[:1000], "num_ignored": len(scan.ignored), "limit": limit}
+             "ignored": scan.ignored[:1000], "num_ignored": len(scan.ignored), "limit": limit,
+             "unlabeled": unlabeled}
     with PackedWriter(out, kind="train", source=str(source), extra=extra) as writer:
         for item, res in zip(items, _ordered_map(work, items, workers)):
             _advance(progress)
             if res.image is None:
                 report.skip(item.rel, res.reason or "unusable")
                 continue
-            if item.identity not in label_of:
-                label_of[item.identity] = len(label_of)
-                writer.set_identity(label_of[item.identity], item.identity)
-            writer.add(res.image, label_of[item.identity], item.rel)
+            if unlabeled:
+                writer.add(res.image, -1, item.rel)
+            else:
+                if item.identity not in label_of:
+                    label_of[item.identity] = len(label_of)
+                    writer.set_identity(label_of[item.identity], item.identity)
+                writer.add(res.image, label_of[item.identity], item.rel)
             per_identity_ok[item.identity] += 1
+            if res.border is not None:
+                borders.append(round(res.border, 4))
             digests.add(f"{item.rel}", res.sha256)
             not_square += res.not_square
         for ident, n in per_identity_total.items():
-            if per_identity_ok[ident] == 0:
+            if per_identity_ok[ident] == 0 and not unlabeled:
                 report.skip(ident + ("/" if scan.layout == "dirs" else ""),
                             f"identity dropped: none of its {n} image(s) could be used")
         if writer.num_images == 0:
@@ -411,21 +464,33 @@ def prepare_folder(source: str | os.PathLike, out: str | os.PathLike, *, align: 
             raise _nothing_packed(str(source), report, hint)
         writer.extra["source_digest"] = digests.hexdigest()
         writer.extra["multiple_faces"] = aligner.stats["multiple_faces"]
+        writer.extra.update(aligner.summary())
+        if len(borders) == writer.num_images:
+            # per packed image, in order: lets training filter tight crops without preparing again
+            writer.extra["border_fraction_per_image"] = borders
         for s in report.skipped:
             writer.skip(s["path"], s["reason"])
     warnings = []
+    if not unlabeled and scan.layout == "flat":
+        first = ", ".join(repr(k) for k in list(label_of)[:3])
+        warnings.append(f"flat folder: {len(label_of)} identities taken from the file names (e.g. {first}); if the "
+                        "names do not name people (UTKFace's age_gender_race_date chips), pack with --unlabeled "
+                        "(label -1)")
     if aligner.warning:
         warnings.append(aligner.warning)
     if align == "none" and not_square:
         warnings.append(f"{not_square} image(s) were not square and were resized to 112x112 without keeping "
                         "their aspect ratio; if they are raw photos use --align yunet")
     extra_summary: dict[str, Any] = {"align": aligner.mode, "layout": scan.layout, "ignored": len(scan.ignored),
-                                     "warnings": warnings}
+                                     "unlabeled": unlabeled, "warnings": warnings, **aligner.summary()}
     if align == "yunet":
         extra_summary["multiple_faces"] = aligner.stats["multiple_faces"]
     if pairs_extra:
         extra_summary["folds"] = pairs_extra["folds"]
-    return _summary("folder", source, out, writer, report, start, **extra_summary)
+    summary = _summary("folder", source, out, writer, report, start, **extra_summary)
+    if grid is not None:
+        summary.update(write_grid(out, grid, grid_count))
+    return summary
 
 
 # -- pair sets ---------------------------------------------------------------------------------
@@ -442,7 +507,8 @@ def _pair_folds_rle(folds: Sequence[int]) -> list[list[int]]:
 def prepare_pairs(source: str | os.PathLike, out: str | os.PathLike, *, images: str | os.PathLike | None = None,
                   folds: str | Sequence[int] | None = None, align: str = "none",
                   detector: str | os.PathLike | None = None, landmarks: Any = None, pick: str = "largest",
-                  limit_pairs: int | None = None, workers: int | None = None, strict: bool = False,
+                  limit_pairs: int | None = None, align_options: dict[str, Any] | None = None,
+                  workers: int | None = None, strict: bool = False,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Pack a verification pair set: an insightface ``.bin``, an LFW ``pairs.txt`` or a CSV.
 
@@ -465,7 +531,7 @@ def prepare_pairs(source: str | os.PathLike, out: str | os.PathLike, *, images: 
         raise DataError(f"{src}: no such file (expected a .bin, a pairs.txt or a .csv)")
     if limit_pairs is not None and limit_pairs < 1:
         raise DataError("--limit-pairs must be at least 1")
-    aligner = _make_aligner(align, detector, landmarks, pick)
+    aligner = _make_aligner(align, detector, landmarks, pick, align_options)
     report = _Report(strict)
     if src.suffix.lower() == ".bin":
         return _prepare_bin(src, out, folds, aligner, detector, limit_pairs, workers, report, progress, start)
@@ -541,12 +607,13 @@ def prepare_pairs(source: str | os.PathLike, out: str | os.PathLike, *, images: 
         writer.extra["pair_folds"] = _pair_folds_rle(kept_folds)
         writer.extra["source_digest"] = digests.hexdigest()
         writer.extra["multiple_faces"] = aligner.stats["multiple_faces"]
+        writer.extra.update(aligner.summary())
         for s in report.skipped:
             writer.skip(s["path"], s["reason"])
     same = sum(k[2] for k in kept)
     warnings = [aligner.warning] if aligner.warning else []
     return _summary("pairs", source, out, writer, report, start, same_pairs=same, different_pairs=len(kept) - same,
-                    folds=plist.folds, align=aligner.mode, warnings=warnings,
+                    folds=plist.folds, align=aligner.mode, warnings=warnings, **aligner.summary(),
                     **({"multiple_faces": aligner.stats["multiple_faces"]} if align == "yunet" else {}))
 
 

@@ -62,7 +62,7 @@ class MarginHead(nn.Module):
 
     ``weight`` has shape ``(num_classes, embedding_size)`` (normal init, std 0.01, as arcface_torch's
     partial FC). ``forward(embeddings, labels)`` returns the mean cross-entropy over rows whose label
-    is not -1; ``logits(...)`` returns the margin-adjusted scaled logits themselves.
+    is not -1 (0 when there is none); ``logits(...)`` returns the margin-adjusted scaled logits themselves.
     """
 
     def __init__(
@@ -103,7 +103,15 @@ class MarginHead(nn.Module):
         )
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.logits(embeddings, labels), labels.long(), ignore_index=IGNORE_LABEL)
+        """Mean margin cross-entropy over the labelled rows only (label -1 = unknown identity).
+
+        A batch without any labelled row (possible when labelled and unlabelled sources are
+        mixed) gives a zero loss with zero gradients, not the NaN of an empty mean.
+        """
+        logits = self.logits(embeddings, labels)
+        if not bool((labels != IGNORE_LABEL).any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_LABEL)
 
     def extra_repr(self) -> str:
         return (

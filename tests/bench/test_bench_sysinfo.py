@@ -60,3 +60,27 @@ def test_peak_rss_resets_per_configuration():
     if reset_peak_rss():  # Linux: the mark follows the current RSS again
         assert peak_rss_mb() < peak_with - 32
         assert abs(peak_rss_mb() - current_rss_mb()) < 16
+
+
+def test_cpu_bf16_support_and_precision_auto():
+    import pytest
+
+    from facedistill.bench.sysinfo import cpu_bf16_support, resolve_precision
+
+    amx = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"
+    ok, why = cpu_bf16_support(amx)
+    assert ok and "amx_bf16" in why and "avx512_bf16" in why
+    assert resolve_precision("auto", "cpu", amx) == "bf16"
+    plain = "processor\t: 0\nflags\t\t: fpu sse avx2\n"
+    ok, why = cpu_bf16_support(plain)
+    try:
+        import torch
+
+        native = torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+    except ImportError:
+        native = False
+    assert ok == native and ("no avx512_bf16" in why) != native
+    assert resolve_precision("auto", "cpu", plain) == ("bf16" if native else "fp32")
+    assert resolve_precision("auto", "cuda", amx) == "fp32" and resolve_precision("bf16", "cpu", plain) == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp8")

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks"
 
@@ -115,3 +117,18 @@ def test_sface_lfw_tiny_runs_and_reuses(tmp_path, tiny_synthetic):
     assert "none: reusing" in proc.stderr and "unified: reusing" in proc.stderr
     result = json.loads((work / "sface_lfw.json").read_text())
     assert result["teacher_cache"]["built_s"] is None and result["deploy"] == []
+
+
+@pytest.mark.slow  # about 2 minutes on 2 shared cores (several model copies, synthetic data, ONNX export)
+def test_train_throughput_quick(tmp_path):
+    out = tmp_path / "tp.json"
+    proc = run_script("train_throughput.py", "--quick", "--no-compile", "--data", str(tmp_path / "absent"),
+                      "--json", str(out), timeout=600)
+    assert "training step" in proc.stdout and "evaluation embedding" in proc.stdout
+    result = json.loads(out.read_text())
+    assert {"contiguous t1", "channels_last t1", "loader channels_last t1 workers 0"} <= set(result["train"])
+    for row in list(result["train"].values()) + list(result["eval"].values()):
+        assert row["images_per_s"] > 0
+    assert result["eval"]["jit frozen (default) b8"]["min_cosine_vs_legacy"] > 0.9999
+    assert result["eval"]["onnxruntime fp32 b64"]["min_cosine_vs_legacy"] > 0.9999
+    assert ("bf16 autocast skipped" in proc.stdout) == (not result["bf16_native"])

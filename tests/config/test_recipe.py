@@ -129,3 +129,25 @@ def test_student_recipes_differ_only_in_loss():
         d["loss"].pop("distill")
         base = base or d
         assert d == base, path
+
+
+NO_TEACHER = "loss:\n  distill:\n    type: none\n"
+
+
+def test_several_training_sources_and_precision(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(NO_TEACHER + "data:\n  train:\n    - data/lfw\n    - {path: data/utk, weight: 0.2, max_border: 0.4}\n"
+                    "train:\n  precision: fp32\n")
+    with pytest.raises(Exception, match="every `data.train` source a weight"):
+        load_recipe(path, check_files=False)
+    path.write_text(NO_TEACHER + "data:\n  train:\n    - {path: data/lfw, weight: 1}\n    - {path: data/utk, weight: 0.2, "
+                    "max_border: 0.4}\ntrain:\n  precision: fp32\n")
+    r = load_recipe(path, check_files=False)
+    assert r.data.train[1].path == "data/utk" and r.data.train[1].weight == 0.2 and r.train.precision == "fp32"
+    assert "max_border: 0.4" in r.to_yaml()
+    assert load_recipe(path, ["data.train=data/only"], check_files=False).data.train == "data/only"
+    with pytest.raises(Exception, match="train.precision"):
+        load_recipe(path, ["train.precision=fp8"], check_files=False)
+    path.write_text(NO_TEACHER + "data:\n  train:\n    - {path: data/lfw, wieght: 1}\n")
+    with pytest.raises(Exception, match="did you mean"):
+        load_recipe(path, check_files=False)

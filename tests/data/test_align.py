@@ -233,3 +233,86 @@ def test_several_faces_largest_or_central(tmp_path, yunet_model):
     assert a is not None and b is not None and largest.stats["multiple_faces"] == 1
     i_l, i_c = pick_face(faces, img.shape, "largest"), pick_face(faces, img.shape, "central")
     assert (i_l == i_c) == np.array_equal(a, b)
+
+
+# -- small/tight images, unlabeled folders, border statistic, grid (issue 14) ------------------------
+def test_outside_fraction_and_fill(tmp_path):
+    from facedistill.data.align import outside_fraction
+
+    big = (ARCFACE_TEMPLATE * 2 + 60).astype(np.float32)    # face with room around it in a 360 px image
+    assert outside_fraction((360, 360, 3), big) == pytest.approx(0.0, abs=1e-3)
+    # the same face in a chip cut tight at the brow: the top of the crop lies outside
+    tight = big - np.array([0, 120], np.float32)   # the crop starts 60 px above the image: ~27% outside
+    frac = outside_fraction((360, 360, 3), tight)
+    assert 0.1 < frac < 0.5
+    img = np.full((360, 360, 3), 200, np.uint8)
+    black = warp_to_template(img, tight)
+    replicate = warp_to_template(img, tight, fill="replicate")
+    assert (black[:5] == 0).all() and (replicate[:5] == 200).all()
+    assert np.mean(black.max(axis=2) == 0) == pytest.approx(frac, abs=0.03)
+    with pytest.raises(DataError, match="--fill"):
+        warp_to_template(img, tight, fill="blue")
+    with pytest.raises(DataError, match="--max-border"):
+        Aligner("landmarks", landmarks={"a.png": tight}, max_border=1.5)
+    kept = Aligner("landmarks", landmarks={"a.png": tight}, max_border=frac + 0.05)
+    dropped = Aligner("landmarks", landmarks={"a.png": tight}, max_border=frac - 0.05)
+    assert kept.align(img, "a.png")[0] is not None
+    out, reason = dropped.align(img, "a.png")
+    assert out is None and "too close to the image edge" in reason
+    assert dropped.summary()["border_fraction"]["dropped"] == 1
+
+
+def test_detector_pad_and_upscale_knobs(yunet_model):
+    with pytest.raises(DataError, match="--detect-pad"):
+        YuNetDetector(yunet_model, pad=-1)
+    with pytest.raises(DataError, match="--detect-upscale"):
+        YuNetDetector(yunet_model, upscale_to=5000)
+    src = _shared("celeba-small")
+    img = cv2.imread(str(sorted(src.glob("*/*.jpg"))[0]))
+    assert img.shape[:2] == (109, 89)
+    plain = YuNetDetector(yunet_model, pad=0, retry=False).detect(img)
+    up = YuNetDetector(yunet_model, upscale_to=224).detect(img)
+    assert len(plain) and len(up)
+    # landmarks come back in the input's pixels whatever the detector saw
+    assert np.abs(plain[0, 4:14] - up[0, 4:14]).max() < 4.0
+
+
+def test_utkface_unlabeled_with_grid(tmp_path, yunet_model):
+    """UTKFace tight chips: found, aligned, label -1, the border statistic says ~1/3 outside, grid PNG."""
+    src = _shared("utkface")
+    files = sorted(src.glob("*.jpg"))[::500][:16]
+    (tmp_path / "utk").mkdir()
+    for f in files:
+        (tmp_path / "utk" / f.name).symlink_to(f)
+    s = prepare_folder(tmp_path / "utk", tmp_path / "out", align="yunet", detector=yunet_model, unlabeled=True,
+                       grid=tmp_path / "grid.png", grid_count=9, workers=1)
+    assert s["unlabeled"] and s["identities"] == 0 and s["images"] >= 14
+    assert s["detection"]["attempted"] == 16 and s["detection"]["faces_found"] == s["images"]
+    assert 0.2 < s["border_fraction"]["mean"] < 0.45
+    ds = PackedDataset(tmp_path / "out")
+    assert (ds.labels == -1).all()
+    per_image = read_manifest(tmp_path / "out")["border_fraction_per_image"]
+    assert len(per_image) == len(ds)
+    grid = cv2.imread(str(tmp_path / "grid.png"))
+    assert grid.shape == (2 * 114, 8 * 114, 3)   # 9 crops, 8 per row
+    assert _landmark_error(ds, YuNetDetector(yunet_model), range(0, len(ds), 2)) < 4.0
+    # a quality filter drops them all, with the reason
+    with pytest.raises(DataError, match="too close to the image edge"):
+        prepare_folder(tmp_path / "utk", tmp_path / "out2", align="yunet", detector=yunet_model, unlabeled=True,
+                       align_options={"max_border": 0.05}, workers=1)
+
+
+def test_celeba_small_upscaled(tmp_path, yunet_model):
+    src = _shared("celeba-small")
+    idents = sorted(p for p in src.iterdir() if p.is_dir())[:6]
+    for d in idents:
+        (tmp_path / "cel" / d.name).mkdir(parents=True)
+        for f in sorted(d.glob("*.jpg")):
+            (tmp_path / "cel" / d.name / f.name).symlink_to(f)
+    s = prepare_folder(tmp_path / "cel", tmp_path / "out", align="yunet", detector=yunet_model,
+                       align_options={"detect_upscale": 224}, workers=1)
+    assert s["identities"] == 6 and s["detection"]["detection_rate"] == 1.0
+    assert s["border_fraction"]["mean"] < 0.05
+    ds = PackedDataset(tmp_path / "out")
+    assert sorted(set(ds.labels.tolist())) == list(range(6))
+    assert _landmark_error(ds, YuNetDetector(yunet_model), range(len(ds))) < 4.0

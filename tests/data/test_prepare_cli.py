@@ -49,7 +49,7 @@ def make_folder(root: Path) -> None:
             cv2.imwrite(str(root / ident / f"{i}.png"), np.full((112, 112, 3), 60 * i + 10, np.uint8))
 
 
-@pytest.mark.parametrize("cmd", ["recordio", "folder", "pairs", "detector", "teacher"])
+@pytest.mark.parametrize("cmd", ["recordio", "folder", "pairs", "detector", "teacher", "grid"])
 def test_help_has_an_example(cmd):
     res = run(cmd, "--help")
     assert res.exit_code == 0 and "Example: facedistill prepare " + cmd in res.text
@@ -184,3 +184,23 @@ def test_packed_reader_benchmark_smoke(tmp_path):
                        "--json", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["images"] == 64 and r["ratio"] > 0
+
+
+def test_folder_cli_unlabeled_flat_and_grid(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(src / f"{20 + i}_0_1_2017010{i}.jpg.chip.jpg"), np.full((112, 112, 3), 40 * i, np.uint8))
+    res = run("folder", src, "--out", tmp_path / "named", "--json", tmp_path / "n.json")
+    assert res.exit_code == 0 and "--unlabeled" in res.text  # flat names as identities: warned
+    res = run("folder", src, "--out", tmp_path / "o", "--unlabeled", "--grid", tmp_path / "g.png", "--json",
+              tmp_path / "s.json")
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["unlabeled"] and s["identities"] == 0 and s["images"] == 3 and s["grid"] == str(tmp_path / "g.png")
+    assert (PackedDataset(tmp_path / "o").labels == -1).all()
+    assert cv2.imread(str(tmp_path / "g.png")).shape == (114, 8 * 114, 3)
+    res = run("grid", tmp_path / "o", "--out", tmp_path / "g2.png", "--count", "2")
+    assert res.exit_code == 0 and cv2.imread(str(tmp_path / "g2.png")).shape == (114, 8 * 114, 3)
+    res = run("folder", src, "--out", tmp_path / "bad", "--align", "center", "--fill", "blue")
+    assert res.exit_code != 0 and "--fill" in res.text and "Traceback" not in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -183,3 +184,78 @@ def test_output_not_2d():
     te = TorchEmbedder(make_net(flat=False), Preprocessing(input_size=SIZE))
     with pytest.raises(FaceDistillError, match=r"\(batch, dim\)"):
         te(np.zeros((1, SIZE, SIZE, 3), np.uint8))
+
+
+# -- the fast torch path (issue 14): same numbers, caller's model untouched, stale weights never used --
+def _trained_mbf():
+    from facedistill.models import create_backbone
+
+    torch.manual_seed(0)
+    m = create_backbone("mobilefacenet_s", embedding_size=128)
+    m.train()
+    for bn in m.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.momentum = None  # cumulative: eval-mode statistics that match the data (no collapse)
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.rand(16, 3, 112, 112) * 2 - 1)
+    return m
+
+
+def test_fast_modes_match_the_plain_eager_path():
+    pre = Preprocessing(mean=(120.0, 127.5, 130.0), std=(60.0, 64.0, 70.0), channel_order="BGR")
+    model = _trained_mbf()
+    imgs = np.random.default_rng(1).integers(0, 256, size=(10, 112, 112, 3), dtype=np.uint8)
+    ref_model = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        ref = ref_model(torch.from_numpy(pre.apply(imgs))).numpy()
+    assert cosine(ref[:5], ref[5:10]).max() < 0.99  # embeddings depend on the image: the check can fail
+    for mode in ("none", "channels_last", "jit", "auto"):
+        te = TorchEmbedder(model, pre, batch_size=4, optimize=mode)
+        got = te(imgs)
+        assert te.fallback_reason is None, te.fallback_reason
+        np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max())
+        assert cosine(got, ref).min() > 0.99999
+    # the caller's model keeps its mode and memory format
+    assert model.training
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous()
+    # embed_images reads memmaps and flips through the same path
+    emb = embed_images(TorchEmbedder(model, pre), imgs, batch_size=5)
+    np.testing.assert_allclose(emb, embed_images(TorchEmbedder(model, pre, optimize="none"), imgs), atol=1e-4)
+
+
+def test_jit_cache_follows_weight_changes():
+    model = _trained_mbf().eval()
+    imgs = np.random.default_rng(2).integers(0, 256, size=(3, 112, 112, 3), dtype=np.uint8)
+    te = TorchEmbedder(model, optimize="jit")
+    before = te(imgs)
+    assert te._compiled is not None
+    with torch.no_grad():
+        next(p for p in model.parameters() if p.dim() == 4).mul_(-1.5)  # the first convolution
+    after = te(imgs)
+    fresh = TorchEmbedder(model, optimize="none")(imgs)
+    np.testing.assert_allclose(after, fresh, rtol=1e-3, atol=1e-3 * np.abs(fresh).max())
+    assert np.abs(after - before).max() > 1e-3
+
+
+class _NoTrace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = make_net()
+
+    def forward(self, x):
+        if torch.jit.is_tracing():
+            raise RuntimeError("this model cannot be traced")
+        return self.net(x)
+
+
+def test_jit_falls_back_to_eager_with_the_reason(images):
+    net = _NoTrace()
+    te = TorchEmbedder(net, Preprocessing(input_size=SIZE), optimize="jit")
+    got = te(images)
+    assert te.optimize == "channels_last" and "cannot be traced" in te.fallback_reason
+    np.testing.assert_allclose(got, TorchEmbedder(net, Preprocessing(input_size=SIZE), optimize="none")(images),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="optimize"):
+        TorchEmbedder(net, optimize="fast")

@@ -94,6 +94,16 @@ def test_ignored_labels_get_no_margin_and_no_loss() -> None:
     torch.testing.assert_close(head(emb, labels), expected)
 
 
+def test_batch_without_any_label_gives_zero_loss_not_nan() -> None:
+    # mixing labelled and unlabelled sources can draw a batch of label -1 only
+    head, emb, _ = _case("arcface")
+    emb = emb.detach().requires_grad_()
+    loss = head(emb, torch.full((emb.shape[0],), -1))
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and torch.count_nonzero(emb.grad) == 0
+    assert torch.count_nonzero(head.weight.grad) == 0
+
+
 def test_straight_through_matches_arcface_torch_gradient() -> None:
     # arcface_torch applies the angular margin under no_grad: d logits / d cos == s everywhere.
     cos = (torch.rand(3, 4) * 1.8 - 0.9).requires_grad_()
