@@ -71,6 +71,11 @@ def export(
                                                                       "cosine to fp32."),
     max_drop: float = typer.Option(0.5, "--int8-max-drop", help="int8 gate with --verify: maximum accuracy "
                                                                  "drop in points."),
+    mixed: bool = typer.Option(True, "--int8-mixed/--no-int8-mixed",
+                               help="When plain int8 fails its gate: measure each layer's int8 damage and keep "
+                                    "the fewest layers float that pass, before refusing (default on)."),
+    calib_batch: int = typer.Option(16, "--calib-batch", help="Images per calibration batch: the calibrator "
+                                                              "holds one batch of activations at a time."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Keep an int8 model that fails its gate "
                                                                       "as <stem>.int8.rejected.onnx."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write a float16 model (float32 input and output)."),
@@ -98,7 +103,8 @@ def export(
     from facedistill.export.quantize import int8_options_from_cli
 
     options = int8_options_from_cli(calib_method, prelu, keep_float, per_channel=per_channel,
-                                    activations=activations, kept_weights=kept_weights) if int8 else None
+                                    activations=activations, kept_weights=kept_weights,
+                                    calib_batch=calib_batch) if int8 else None
     batch_arg: str | int = batch if batch == "dynamic" else _batch(batch)
 
     def say(msg: str) -> None:
@@ -110,7 +116,8 @@ def export(
                               opset=opset,
                               batch=batch_arg, simplify=simplify, verify=verify, parity_images=parity_images,
                               int8_min_cosine=min_cosine, int8_max_drop=max_drop, latency=not no_latency,
-                              latency_threads=threads, keep_rejected=keep_rejected, progress=say)
+                              latency_threads=threads, keep_rejected=keep_rejected, int8_mixed=mixed,
+                              progress=say)
     except ExportGateError as e:
         if e.report is not None:
             print_export_table(e.report)
