@@ -47,7 +47,13 @@ def _pre(args: argparse.Namespace) -> Preprocessing:
 def fp32_source(args: argparse.Namespace, out_dir: Path) -> tuple[Path, Preprocessing]:
     """The fp32 ONNX file to quantize (a run folder is exported first) and its preprocessing."""
     if str(args.model).endswith(".onnx"):
-        return Path(args.model), _pre(args)
+        import onnx
+
+        from facedistill.export.onnx_source import load_onnx_source
+
+        model, _ = load_onnx_source(args.model, [])  # opset <= 20, dynamic batch (as `export x.onnx --int8`)
+        onnx.save(model, str(out_dir / "fp32.onnx"))
+        return out_dir / "fp32.onnx", _pre(args)
     from facedistill.export import export_model
 
     out = out_dir / "fp32.onnx"

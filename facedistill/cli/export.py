@@ -45,9 +45,15 @@ def print_export_table(report) -> None:
 @app.command("export")
 @user_errors
 def export(
-    model: Path = typer.Argument(..., help="Run folder (runs/<name>/) or backbone state dict (.pt)."),
+    model: Path = typer.Argument(..., help="Run folder (runs/<name>/), backbone state dict (.pt), or an fp32 "
+                                           "ONNX face model trained elsewhere (with --int8)."),
     out: Path = typer.Option(..., "--out", "-o", help="fp32 ONNX file to write; --fp16/--int8 add "
-                                                      "<stem>.fp16.onnx / <stem>.int8.onnx beside it."),
+                                                      "<stem>.fp16.onnx / <stem>.int8.onnx beside it. For an "
+                                                      ".onnx MODEL: the int8 file."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="ONNX MODEL without facedistill metadata: input "
+                                                           "mean (one value or r,g,b), e.g. 127.5 (SFace: 0)."),
+    std: Optional[str] = typer.Option(None, "--std", help="ONNX MODEL: input std (one value or r,g,b)."),
+    channel_order: Optional[str] = typer.Option(None, "--channel-order", help="ONNX MODEL: RGB or BGR."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a bare state dict (iresnet18/34/50/100, "
                                                   "mobilefacenet) when the keys cannot tell."),
     embedding_size: Optional[int] = typer.Option(None, help="Embedding size of a bare state dict."),
@@ -117,7 +123,8 @@ def export(
                               batch=batch_arg, simplify=simplify, verify=verify, parity_images=parity_images,
                               int8_min_cosine=min_cosine, int8_max_drop=max_drop, latency=not no_latency,
                               latency_threads=threads, keep_rejected=keep_rejected, int8_mixed=mixed,
-                              progress=say)
+                              mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"),
+                              channel_order=channel_order, progress=say)
     except ExportGateError as e:
         if e.report is not None:
             print_export_table(e.report)
@@ -125,6 +132,18 @@ def export(
         raise
     print_export_table(report)
     write_json_output(json_out, report.to_dict())
+
+
+def _numbers(text: str | None, flag: str):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _batch(text: str) -> int:

@@ -531,6 +531,9 @@ def export_model(
     keep_debug: bool = True,
     keep_rejected: bool = False,
     int8_mixed: bool = True,
+    mean: Any = None,
+    std: Any = None,
+    channel_order: str | None = None,
     loaded: Any = None,
     progress: Progress | None = None,
 ) -> ExportReport:
@@ -543,6 +546,18 @@ def export_model(
     is kept as ``<stem>.int8.rejected.onnx`` (never under the final name). Returns the report; raises
     :class:`ExportGateError` (a :class:`FaceDistillError`) when a gate fails, with ``.report`` set.
     """
+    if loaded is None and model_path is not None and str(model_path).lower().endswith(".onnx"):
+        # a model trained elsewhere: only int8 applies (the file itself is the fp32 model)
+        if not int8 or fp16:
+            raise ExportError(f"{model_path} is already an ONNX model: exporting it only makes sense with --int8 "
+                              "(and without --fp16); --out then names the int8 file")
+        from facedistill.export.onnx_source import export_onnx_int8
+
+        return export_onnx_int8(model_path, out, calib=calib, calib_images=calib_images, int8_options=int8_options,
+                                verify=verify, parity_images=parity_images, min_cosine=int8_min_cosine,
+                                max_drop=int8_max_drop, mean=mean, std=std, channel_order=channel_order,
+                                latency=latency, latency_threads=latency_threads, keep_rejected=keep_rejected,
+                                int8_mixed=int8_mixed, seed=seed, progress=progress)
     start = time.time()
     out = Path(out)
     if out.exists() and out.is_dir():
@@ -757,7 +772,7 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
                x_parity: np.ndarray, imgs: "_Images", pre: Preprocessing, opts: Int8Options,
                base_meta: dict[str, Any], source_extra: dict[str, Any], *, verify: Any, min_cosine: float,
                max_drop: float, keep_rejected: bool, mixed: bool, fail: Callable[[str], Exception],
-               progress: Progress | None = None) -> ArtifactReport:
+               progress: Progress | None = None, int8_path: Path | None = None) -> ArtifactReport:
     """Quantize ``quant_source``, gate it against the fp32 file, and when plain int8 fails the gate
     and ``mixed`` is on, search the fewest layers to keep float
     (:func:`facedistill.export.quantize.search_mixed_precision`) before refusing. Writes
@@ -767,8 +782,9 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
     from facedistill.export.quantize import PreprocessedImages, search_mixed_precision
 
     notes = report.notes
-    path8 = sibling_path(fp32_path, "int8")
+    path8 = Path(int8_path) if int8_path is not None else sibling_path(fp32_path, "int8")
     fp32_art = report.artifact("fp32")
+    fp32_shown = fp32_art.path if fp32_art is not None else fp32_path
     art = ArtifactReport(precision="int8", path=str(path8), written=False, reference="fp32",
                          gate=f"mean cosine >= {min_cosine}"
                               + (f", accuracy drop <= {max_drop} points" if verify is not None else ""))
@@ -842,7 +858,7 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
                        "or entropy, more or more representative --calib images (faces like the deployment's),"
                        " or keeping more layers in float (--int8-keep-float with node names of the fp32 "
                        "file). "
-                       f"Nothing was written to {path8}; the fp32 model at {fp32_path} is fine.{kept}")
+                       f"Nothing was written to {path8}; the fp32 model at {fp32_shown} is fine.{kept}")
         proto8 = onnx.load(str(tmp))
         int8_extra.update({"parity_worst_cosine": round(par.worst, 7), "parity_mean_cosine": round(par.mean, 7)})
         set_metadata(proto8, build_metadata(precision="int8", extra=int8_extra, **base_meta))
