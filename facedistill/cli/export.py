@@ -65,9 +65,10 @@ def export(
     prelu: str = typer.Option("linear", "--int8-prelu",
                               help="How PReLU goes to int8: linear (s*x+(1-s)*relu(x), all int8; default), "
                                    "relu, qdq, or float (left in fp32)."),
-    keep_float: str = typer.Option("stem,head,depthwise,prelu", "--int8-keep-float",
+    keep_float: str = typer.Option("auto", "--int8-keep-float",
                                    help="Left in float (comma-separated): stem, head, depthwise (grouped convs), "
-                                        "prelu, node names, or none (all int8)."),
+                                        "prelu, node names, none (all int8), or auto (default: "
+                                        "stem,head,depthwise,prelu for a PReLU network, none otherwise)."),
     activations: str = typer.Option("uint8", "--int8-activations", help="uint8 (fastest on x86) or int8."),
     kept_weights: str = typer.Option("compact", "--int8-kept-weights",
                                      help="Weights of the layers kept in float: compact (Linear head as weight-only "

@@ -805,6 +805,7 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
         except OSError as e:
             raise _write_error(path8, e) from e
         report.int8 = {**opts.to_dict(), **qres.to_dict()}
+        int8_extra["int8_keep_float"] = ",".join(qres.keep_float) or "none"
         par = compare_embeddings(ref_onnx, run_onnx(ort_session(tmp), x_parity), min_cosine, "mean")
         problems = _gate_problems(art, par, min_cosine, report, fp32_path, tmp, verify, imgs, pre, max_drop,
                                   fp32_art, progress)
@@ -835,7 +836,6 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
                 "plain_size_bytes": plain_size, "size_bytes": mixed_size,
                 "plain_latency_ms_b1": round(plain_ms, 3), "latency_ms_b1": round(mixed_ms, 3)}
             report.int8["keep_float"] = list(mres.keep_float)
-            int8_extra["int8_keep_float"] = ",".join(opts.keep_float) or "none"
             int8_extra["int8_mixed_float_layers"] = ",".join(kept)
             notes.append(f"int8: plain int8 failed its gate ({'; '.join(plain_problems)}); sensitivity-guided "
                          f"mixed precision kept {len(kept)} of {len(mres.layers)} int8 layers float "

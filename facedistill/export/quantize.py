@@ -97,9 +97,14 @@ PRELU_MODES: tuple[str, ...] = ("float", "qdq", "relu", "linear")
 DEFAULT_PRELU_MODE = "linear"
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES: tuple[str, ...] = ("uint8", "int8")
-KNOWN_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
-# What stays float by default: measured fastest *and* most accurate on x86 (see the module docstring).
+KNOWN_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu", "auto")
+# What stays float in a PReLU network: measured fastest *and* most accurate on x86 (see the module docstring).
 KEEP_FLOAT_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
+# The default, "auto": KEEP_FLOAT_PARTS when the graph has PReLU nodes, nothing otherwise. A network
+# without PReLU (ReLU/ReLU6/Clip after each conv: the MobileFaceNet *_relu6 variants, most public int8
+# face models) quantizes to back-to-back fused QLinearConvs, depthwise ones included, and that all-int8
+# graph is the fastest (benchmarks/int8_speed.py: 94% of its time in QLinearConv, no Q/DQ hops).
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("auto",)
 # onnxruntime's static quantizer handles the default ONNX domain up to this opset.
 MAX_INT8_OPSET = 20
 
@@ -110,7 +115,7 @@ class Int8Options:
 
     method: str = "minmax"
     prelu: str = DEFAULT_PRELU_MODE
-    keep_float: tuple[str, ...] = KEEP_FLOAT_PARTS  # parts (KNOWN_PARTS) and/or node names
+    keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT  # parts (KNOWN_PARTS) and/or node names
     per_channel: bool = True
     activations: str = "uint8"
     percentile: float = 99.999
@@ -157,6 +162,7 @@ class QuantizeResult:
     method: str
     seconds: float
     quantized_ops: dict[str, int] = field(default_factory=dict)
+    keep_float: list[str] = field(default_factory=list)  # the parts/nodes kept float, "auto" resolved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -541,6 +547,7 @@ class _Prepared:
     n_prelu: int
     mapping: dict[str, list[str]]  # PRelu node name -> the nodes that replaced it
     excluded: list[str]            # nodes of the keep_float parts (names in ``ready``)
+    keep_float: list[str] = field(default_factory=list)  # options.keep_float with "auto" resolved
 
 
 def _prepare(fp32_model: Any, opts: Int8Options, tmp: str) -> _Prepared:
@@ -573,12 +580,18 @@ def _prepare(fp32_model: Any, opts: Int8Options, tmp: str) -> _Prepared:
     stem = find_stem_nodes(pre_model)
     head = find_head_nodes(pre_model)
     depthwise = find_depthwise_nodes(pre_model)
-    excluded_pre = _resolve_excluded(pre_model, opts.keep_float, stem, head, depthwise)
+    has_prelu = any(n.op_type == "PRelu" for n in pre_model.graph.node)
+    keep: list[str] = []
+    for item in opts.keep_float:
+        for part in ((KEEP_FLOAT_PARTS if has_prelu else ()) if item == "auto" else (item,)):
+            if part not in keep:
+                keep.append(part)
+    excluded_pre = _resolve_excluded(pre_model, keep, stem, head, depthwise)
     rewritten, n_prelu, mapping = rewrite_prelu(pre_model, opts.prelu)
     rewritten = onnx.shape_inference.infer_shapes(rewritten)
     excluded = [new for name in excluded_pre for new in mapping.get(name, [name])]
     return _Prepared(ready=rewritten, pre=pre_copy, input_name=graph_input.name, fixed_batch=fixed_batch,
-                     n_prelu=n_prelu, mapping=mapping, excluded=excluded)
+                     n_prelu=n_prelu, mapping=mapping, excluded=excluded, keep_float=keep)
 
 
 QUANTIZABLE_LAYER_OPS = ("Conv", "Gemm", "MatMul")
@@ -689,7 +702,7 @@ def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: An
     return QuantizeResult(prelu_mode=opts.prelu, prelu_count=prep.n_prelu, excluded_nodes=excluded,
                           calibration_images=0 if cache_hit else int(len(calib_inputs)), method=opts.method,
                           seconds=round(time.time() - start, 2),
-                          quantized_ops={k: v for k, v in counts.most_common()})
+                          quantized_ops={k: v for k, v in counts.most_common()}, keep_float=prep.keep_float)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -860,7 +873,7 @@ def int8_options_from_cli(method: str, prelu: str, keep_float: Sequence[str] | s
                           calib_batch: int = 16) -> Int8Options:
     """Build options from CLI strings (``keep_float`` as 'stem,head,...', 'none' or node names)."""
     if keep_float is None:
-        parts: tuple[str, ...] = KEEP_FLOAT_PARTS
+        parts: tuple[str, ...] = DEFAULT_KEEP_FLOAT
     elif isinstance(keep_float, str):
         parts = tuple(p.strip() for p in keep_float.split(",") if p.strip())
     else:
