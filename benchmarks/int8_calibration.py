@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib-batch", type=int, default=16)
     ap.add_argument("--methods", default="minmax,entropy,percentile")
     ap.add_argument("--percentile", type=float, default=99.999)
-    ap.add_argument("--prelu", default="linear")
+    ap.add_argument("--prelu", default="fused")
     ap.add_argument("--keep-float", default="auto")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--runs", type=int, default=10)

@@ -8,7 +8,9 @@ Graphs (``--arch`` width, random weights with BatchNorm statistics set on real f
 
 * ``prelu fp32``      the PReLU student, PReLU rewritten as s*x+(1-s)*relu(x) (the fastest fp32 export)
 * ``prelu int8 dflt`` ``facedistill export --int8`` defaults (depthwise + PReLU float)
-* ``prelu int8 all``  every conv int8 (``--int8-keep-float stem,head``; PReLU as QLinearMul/Add)
+* ``prelu int8 all lin`` every conv int8 (``--int8-keep-float stem,head``), PReLU as
+                      s*x+(1-s)*relu(x) (``--int8-prelu linear``: a requantizing DQ->Q per PReLU)
+* ``prelu int8 all``  the same with ``--int8-prelu fused``: s*x+relu((1-s)*x), no requantize hops
 * ``relu6 fp32``      the ReLU6 variant (``<arch>_relu6``), Conv+Clip fused
 * ``relu6 int8 all``  every conv int8 (``--int8-keep-float stem,head``)
 * ``relu6 int8 none`` every node int8 (``--int8-keep-float none``: the issue's anchor quantization)
@@ -143,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         rewrite_prelu(fast, "linear")
         onnx.save(fast, str(out / f"{tag}.fp32.onnx"))
         paths[f"{tag} fp32"] = str(out / f"{tag}.fp32.onnx")
-        variants = {"all": ("stem", "head"), "none": ()} if tag == "relu6" else \
-            {"dflt": Int8Options().keep_float, "all": ("stem", "head")}
-        for name, keep in variants.items():
-            p = out / f"{tag}.int8.{name}.onnx"
-            quantize_int8(str(src), p, x_calib, Int8Options(keep_float=keep))
+        variants = {"all": (("stem", "head"), "fused"), "none": ((), "fused")} if tag == "relu6" else \
+            {"dflt": (Int8Options().keep_float, "fused"), "all lin": (("stem", "head"), "linear"),
+             "all": (("stem", "head"), "fused")}
+        for name, (keep, mode) in variants.items():
+            p = out / f"{tag}.int8.{name.replace(' ', '-')}.onnx"
+            quantize_int8(str(src), p, x_calib, Int8Options(keep_float=keep, prelu=mode))
             paths[f"{tag} int8 {name}"] = str(p)
     b1 = time_all(paths, 1, args.rounds, args.runs)
     b8 = time_all(paths, 8, args.rounds, max(2, args.runs // 4))

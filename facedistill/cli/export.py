@@ -62,9 +62,9 @@ def export(
                                                                "calibration (default: synthetic faces)."),
     calib_images: int = typer.Option(300, "--calib-images", help="Calibration images to draw from --calib."),
     calib_method: str = typer.Option("minmax", "--int8-calib-method", help="minmax, entropy or percentile."),
-    prelu: str = typer.Option("linear", "--int8-prelu",
-                              help="How PReLU goes to int8: linear (s*x+(1-s)*relu(x), all int8; default), "
-                                   "relu, qdq, or float (left in fp32)."),
+    prelu: str = typer.Option("fused", "--int8-prelu",
+                              help="How PReLU goes to int8: fused (s*x+relu((1-s)*x), int8 with no requantize "
+                                   "hops; default), linear (s*x+(1-s)*relu(x)), relu, qdq, or float (left in fp32)."),
     keep_float: str = typer.Option("auto", "--int8-keep-float",
                                    help="Left in float (comma-separated): stem, head, depthwise (grouped convs), "
                                         "prelu, node names, none (all int8), or auto (default: "

@@ -93,8 +93,8 @@ __all__ = [
     "rewrite_prelu",
 ]
 
-PRELU_MODES: tuple[str, ...] = ("float", "qdq", "relu", "linear")
-DEFAULT_PRELU_MODE = "linear"
+PRELU_MODES: tuple[str, ...] = ("float", "qdq", "relu", "linear", "fused")
+DEFAULT_PRELU_MODE = "fused"
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES: tuple[str, ...] = ("uint8", "int8")
 KNOWN_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu", "auto")
@@ -317,7 +317,21 @@ def rewrite_prelu(model: Any, mode: str, skip: Iterable[str] = ()) -> tuple[Any,
                 helper.make_node("Mul", [f"{p}/negr", neg_s.name], [f"{p}/negpart"], name=f"{p}/mul_slope"),
                 helper.make_node("Add", [f"{p}/pos", f"{p}/negpart"], [y], name=f"{p}/add"),
             ]
-        else:  # linear
+        elif mode == "fused" and bool(np.all(slope <= 1.0)):
+            # s*x + relu((1-s)*x): exact for s <= 1. The Relu reads a Mul that nobody else reads, so
+            # the quantizer folds it into that Mul's output quantization (uint8 zero point 0 clips at
+            # 0): QLinearMul, QLinearMul, QLinearAdd and no requantizing DQ->Q pair, unlike "linear"
+            # whose Relu shares x with the first Mul and keeps its own scale.
+            s = numpy_helper.from_array(slope, f"{p}/slope")
+            one_minus = numpy_helper.from_array((1.0 - slope).astype(np.float32), f"{p}/one_minus_slope")
+            added += [s, one_minus]
+            nodes = [
+                helper.make_node("Mul", [x, s.name], [f"{p}/sx"], name=f"{p}/mul_slope"),
+                helper.make_node("Mul", [x, one_minus.name], [f"{p}/ax"], name=f"{p}/mul_one_minus"),
+                helper.make_node("Relu", [f"{p}/ax"], [f"{p}/pos_scaled"], name=f"{p}/relu"),
+                helper.make_node("Add", [f"{p}/sx", f"{p}/pos_scaled"], [y], name=f"{p}/add"),
+            ]
+        else:  # linear (and "fused" for a node with a slope > 1)
             s = numpy_helper.from_array(slope, f"{p}/slope")
             one_minus = numpy_helper.from_array((1.0 - slope).astype(np.float32), f"{p}/one_minus_slope")
             added += [s, one_minus]

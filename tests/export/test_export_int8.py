@@ -15,10 +15,21 @@ from facedistill.export.quantize import (find_head_nodes, find_stem_nodes, int8_
                                          optimized_op_counts, quantize_int8, rewrite_prelu)
 
 
-@pytest.mark.parametrize("mode", ["relu", "linear"])
-def test_prelu_rewrites_are_exact(tiny_export, faces, mode):
+@pytest.mark.parametrize("mode", ["relu", "linear", "fused", "fused-steep"])
+def test_prelu_rewrites_are_exact(tiny_export, faces, mode, tmp_path):
     path, _ = tiny_export
     model = onnx.load(str(path))
+    if mode == "fused-steep":  # a slope > 1: "fused" is not exact there and falls back to "linear"
+        from onnx import numpy_helper
+
+        prelu = next(n for n in model.graph.node if n.op_type == "PRelu")
+        init = next(t for t in model.graph.initializer if t.name == prelu.input[1])
+        steep = numpy_helper.to_array(init).copy()
+        steep.flat[0] = 1.7
+        init.CopyFrom(numpy_helper.from_array(steep, init.name))
+        path = tmp_path / "steep.onnx"
+        onnx.save(model, str(path))
+        mode = "fused"
     n_prelu = sum(n.op_type == "PRelu" for n in model.graph.node)
     rewritten, count, mapping = rewrite_prelu(model, mode)
     assert count == n_prelu == len(mapping) == 4
@@ -66,7 +77,7 @@ def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
     out = tmp_path / "q.onnx"
     calib = Preprocessing().apply(faces[:24])
     res = quantize_int8(onnx.load(str(path)), out, calib, Int8Options(keep_float=("stem", "head")))
-    assert res.prelu_mode == "linear" and res.prelu_count == 4
+    assert res.prelu_mode == "fused" and res.prelu_count == 4
     assert res.quantized_ops.get("QuantizeLinear", 0) > 0
     assert any("/stem" in n for n in res.excluded_nodes) and any("gdc" in n for n in res.excluded_nodes)
     ops = optimized_op_counts(out)
@@ -78,6 +89,11 @@ def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
     y = run_onnx(ort_session(out), Preprocessing().apply(faces[24:40]))
     ref = run_onnx(ort_session(path), Preprocessing().apply(faces[24:40]))
     assert cosine_rows(ref, y).mean() > 0.98
+    # "linear" (s*x + (1-s)*relu(x)) leaves a requantizing DQ->Q pair per int8 PReLU, "fused" none
+    lin = tmp_path / "lin.onnx"
+    quantize_int8(onnx.load(str(path)), lin, calib, Int8Options(keep_float=("stem", "head"), prelu="linear"))
+    q_lin = optimized_op_counts(lin).get("QuantizeLinear", 0)
+    assert ops.get("QuantizeLinear", 0) + 3 <= q_lin, (ops, q_lin)
 
 
 def test_prelu_float_mode_keeps_prelu(tiny_export, faces, tmp_path):
@@ -134,7 +150,7 @@ def test_export_int8_with_verify(tiny, tmp_path, train_set, pair_set):
     assert report.calibration == {"source": str(train_set), "images": 32, "method": "minmax", "batch": 16,
                                   "streamed": True}
     meta = read_metadata(a8.path)
-    assert meta["precision"] == "int8" and meta["int8_prelu"] == "linear"
+    assert meta["precision"] == "int8" and meta["int8_prelu"] == "fused"
     assert meta["int8_keep_float"] == "stem,head,depthwise,prelu"
     assert check_onnx(a8.path).digest_checked
     d = report.to_dict()
