@@ -71,8 +71,10 @@ def calibrate_one(args: argparse.Namespace) -> None:
     pre = Preprocessing(**json.loads(args.pre_json))
     ds = PackedDataset(args.calib)
     idx = spread_over_identities(ds.labels, args.calib_images, np.random.default_rng(0))
-    opts = int8_options_from_cli(args.one, args.prelu, args.keep_float, percentile=args.percentile,
+    method, _, variant = args.one.partition("-")
+    opts = int8_options_from_cli(method, args.prelu, args.keep_float, percentile=args.percentile,
                                  calib_batch=args.calib_batch)
+    opts.reduce_range = variant != "8bit"  # "minmax-8bit": full 8-bit weights (saturates on AVX2 x86)
     res = quantize_int8(args.fp32, args.out, PreprocessedImages(ds.images(idx), pre.apply), opts)
     print(json.dumps({"seconds": res.seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "images": res.calibration_images, "identities": int(len(np.unique(ds.labels[idx])))}))
@@ -94,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val", required=True, help="packed pair set")
     ap.add_argument("--calib-images", type=int, default=300)
     ap.add_argument("--calib-batch", type=int, default=16)
-    ap.add_argument("--methods", default="minmax,entropy,percentile")
+    ap.add_argument("--methods", default="minmax,entropy,percentile",
+                    help="comma-separated; a '-8bit' suffix (minmax-8bit) quantizes weights to 8 bits instead of 7")
     ap.add_argument("--percentile", type=float, default=99.999)
     ap.add_argument("--prelu", default="fused")
     ap.add_argument("--keep-float", default="auto")

@@ -74,6 +74,9 @@ def export(
                                      help="Weights of the layers kept in float: compact (Linear head as weight-only "
                                           "int8, convs as fp16; smaller file) or fp32."),
     per_channel: bool = typer.Option(True, "--int8-per-channel/--int8-per-tensor", help="Weight granularity."),
+    weight_bits: int = typer.Option(7, "--int8-weight-bits",
+                                    help="7 (default): int8 weights in 7 bits, same results on every CPU; 8: full "
+                                         "range, saturates in onnxruntime's x86 kernels without VNNI (AVX2)."),
     min_cosine: float = typer.Option(0.99, "--int8-min-cosine", help="int8 gate: minimum mean per-image "
                                                                       "cosine to fp32."),
     max_drop: float = typer.Option(0.5, "--int8-max-drop", help="int8 gate with --verify: maximum accuracy "
@@ -111,7 +114,7 @@ def export(
 
     options = int8_options_from_cli(calib_method, prelu, keep_float, per_channel=per_channel,
                                     activations=activations, kept_weights=kept_weights,
-                                    calib_batch=calib_batch) if int8 else None
+                                    calib_batch=calib_batch, weight_bits=weight_bits) if int8 else None
     batch_arg: str | int = batch if batch == "dynamic" else _batch(batch)
 
     def say(msg: str) -> None:

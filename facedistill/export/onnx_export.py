@@ -798,6 +798,7 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
                   "int8_keep_float": ",".join(opts.keep_float) or "none",
                   "int8_kept_weights": opts.kept_float_weights,
                   "int8_activations": opts.activations, "int8_per_channel": str(opts.per_channel).lower(),
+                  "int8_weight_bits": "7" if opts.reduce_range else "8",
                   "int8_calibration": f"{imgs.calib_source} ({len(x_calib)} images)"}
     with _staged(path8) as tmp:
         try:

@@ -117,6 +117,13 @@ class Int8Options:
     prelu: str = DEFAULT_PRELU_MODE
     keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT  # parts (KNOWN_PARTS) and/or node names
     per_channel: bool = True
+    # 7-bit weights. onnxruntime's u8s8 int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) add
+    # pairs of u8*s8 products in int16 and saturate with full 8-bit weights: on such a CPU (an AVX2 EPYC
+    # here) the fused int8 graph disagreed with its own QDQ reference (cosine 0.55 on a random ReLU6
+    # MobileFaceNet) and with emulated aarch64. 7-bit weights cannot saturate, so every kernel (VNNI,
+    # AVX2, ARM dot-product) computes the same thing. Off: a little more weight precision for
+    # VNNI/ARM-only targets.
+    reduce_range: bool = True
     activations: str = "uint8"
     percentile: float = 99.999
     calib_batch: int = 16
@@ -694,7 +701,7 @@ def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: An
                 quantize_static(
                     ready, str(out_path), reader,
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=opts.per_channel,
-                    reduce_range=False,
+                    reduce_range=opts.reduce_range,
                     activation_type=QuantType.QUInt8 if opts.activations == "uint8" else QuantType.QInt8,
                     weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method,
                     extra_options=extra, **kwargs,
@@ -704,7 +711,10 @@ def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: An
         except Exception as e:
             raise ExportError(f"onnxruntime static quantization failed: {type(e).__name__}: {e}") from e
     quantized = onnx.load(str(out_path), load_external_data=False)
-    changed = False
+    # quantize_static copies the source's metadata (an fp32 export's says "precision: fp32"): drop it,
+    # the caller writes the int8 file's own
+    changed = bool(len(quantized.metadata_props))
+    del quantized.metadata_props[:]
     if opts.kept_float_weights == "compact" and excluded:
         changed = bool(quantize_weights_only(quantized, excluded))
     if opts.compact_names:
@@ -884,7 +894,7 @@ def search_mixed_precision(fp32_model: Any, out_path: str | os.PathLike, calib_i
 def int8_options_from_cli(method: str, prelu: str, keep_float: Sequence[str] | str | None,
                           per_channel: bool = True, activations: str = "uint8",
                           percentile: float = 99.999, kept_weights: str = "compact",
-                          calib_batch: int = 16) -> Int8Options:
+                          calib_batch: int = 16, weight_bits: int = 7) -> Int8Options:
     """Build options from CLI strings (``keep_float`` as 'stem,head,...', 'none' or node names)."""
     if keep_float is None:
         parts: tuple[str, ...] = DEFAULT_KEEP_FLOAT
@@ -896,7 +906,14 @@ def int8_options_from_cli(method: str, prelu: str, keep_float: Sequence[str] | s
         parts = ()
     return Int8Options(method=method.lower(), prelu=prelu.lower(), keep_float=parts, per_channel=per_channel,
                        activations=activations.lower(), percentile=percentile,
-                       kept_float_weights=kept_weights.lower(), calib_batch=int(calib_batch)).validate()
+                       kept_float_weights=kept_weights.lower(), calib_batch=int(calib_batch),
+                       reduce_range=_reduce_range(weight_bits)).validate()
+
+
+def _reduce_range(weight_bits: int) -> bool:
+    if int(weight_bits) not in (7, 8):
+        raise ExportError(f"int8 weight bits must be 7 (portable: no saturation on AVX2 x86) or 8, got {weight_bits}")
+    return int(weight_bits) == 7
 
 
 def save_model(model: Any, path: str | os.PathLike) -> None:

@@ -36,8 +36,8 @@ def test_new_int8_paths_agree_on_emulated_arm(tiny, tiny_export, faces, train_se
     calib = Preprocessing().apply(faces[:24])
     mixed = tmp_path / "mixed.int8.onnx"
     res = search_mixed_precision(fp32, mixed, calib, Preprocessing().apply(faces[24:40]),
-                                 Int8Options(keep_float=()), target_cosine=0.999)
-    assert res.kept_float_layers  # float islands inside the int8 graph
+                                 Int8Options(keep_float=()), target_cosine=0.995)
+    assert res.kept_float_layers and len(res.kept_float_layers) < len(res.layers)  # float islands inside int8
     torch.manual_seed(0)
     relu6 = settle_bn(create_backbone("mobilefacenet_s_relu6", 64), faces)
     src = torch_to_onnx(relu6, opset=17)
@@ -55,5 +55,6 @@ def test_new_int8_paths_agree_on_emulated_arm(tiny, tiny_export, faces, train_se
     report = verify_arm([mixed, r6, f8], cpu="cortex-a72", batch=1, threads=1, timeout=900)
     assert report.target["machine"] == "aarch64"
     for r in report.results:
-        assert r.precision == "int8" and r.passed and r.min_cosine >= 0.999, r
+        assert r.passed and r.min_cosine >= max(0.999, r.threshold), r
+    assert [r.precision for r in report.results][1:] == ["int8", "int8"]
     assert np.isfinite([r.min_cosine for r in report.results]).all()

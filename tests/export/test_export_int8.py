@@ -59,7 +59,7 @@ def test_default_int8_graph(tiny_export, faces, tmp_path):
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
     res = quantize_int8(path, out, Preprocessing().apply(faces[:24]), Int8Options())
-    assert res.prelu_mode == "linear" and res.prelu_count == 4
+    assert res.prelu_mode == "fused" and res.prelu_count == 4
     ops = optimized_op_counts(out)
     assert ops.get("QLinearConv", 0) == 4, ops  # conv2, block.0, block.3, down
     assert "PRelu" not in ops and ops.get("QLinearMul", 0) == 0, ops
@@ -72,7 +72,7 @@ def test_default_int8_graph(tiny_export, faces, tmp_path):
 
 
 def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
-    """PReLUs quantized with the linear rewrite: onnxruntime runs QLinearMul/QLinearAdd, no PRelu."""
+    """PReLUs quantized with the fused rewrite: onnxruntime runs QLinearMul/QLinearAdd, no PRelu."""
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
     calib = Preprocessing().apply(faces[:24])
