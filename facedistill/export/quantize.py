@@ -6,13 +6,26 @@ Pipeline (:func:`quantize_int8`)::
       -> quant_pre_process   symbolic shape inference + onnxruntime's basic graph optimisation
                              (Conv+BatchNorm folding; the pre-activation BN of IResNet blocks sits
                              before a padded conv and cannot be folded exactly, so it stays)
-      -> PReLU rewrite       ``s*x + (1-s)*relu(x)`` (``prelu="linear"``, exact), see below
-      -> quantize_static     QDQ, symmetric int8 per-channel weights, uint8 activations,
-                             calibration on real face images (MinMax by default; Entropy and
-                             Percentile selectable), nodes of the parts in ``keep_float`` excluded
+      -> PReLU rewrite       ``s*x + relu((1-s)*x)`` (``prelu="fused"``, exact for s <= 1; a node
+                             with a steeper slope gets ``linear``), see below
+      -> quantize_static     QDQ, symmetric per-channel int8 weights in 7 bits (``reduce_range``: no
+                             saturation in x86 kernels without VNNI), uint8 activations, calibration
+                             on real face images streamed one batch per collect (bounded memory;
+                             MinMax by default, Entropy and Percentile selectable), nodes of the parts
+                             in ``keep_float`` excluded (``auto``: stem/head/depthwise/PReLU in a PReLU
+                             network, nothing otherwise)
       -> compact storage     weights of the excluded (float) layers: the head's Linear as
                              weight-only int8, convs as fp16 + Cast (``kept_float_weights``);
                              tensor/node names compacted
+
+When plain int8 fails the export's gate, :func:`search_mixed_precision` (per-layer damage from
+:func:`layer_sensitivity`, then the fewest most-damaging layers kept float) is the default fallback
+(docs/deploy.md section 6; numbers in docs/results.md).
+
+Update (issue 15, AVX2-only EPYC, see docs/results.md): the measurements below were taken with 8-bit
+weights on an AVX512-VNNI machine. On a CPU without VNNI the all-int8 trunk with the ``fused`` PReLU
+rewrite was faster than the depthwise/PReLU-float default (benchmarks/int8_speed.py), and a ReLU6
+network (``mobilefacenet_s_relu6``) is faster still; the default was left accuracy-first.
 
 Defaults, and why (measured; reproduce with ``benchmarks/int8_export.py --prelu-sweep``):
 
