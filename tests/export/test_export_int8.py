@@ -132,6 +132,11 @@ def test_cli_options_parsing():
         int8_options_from_cli("minmax", "sigmoid", None)
     with pytest.raises(ExportError):
         int8_options_from_cli("minmax", "linear", None, activations="int4")
+    assert int8_options_from_cli("minmax", "fused", None).reduce_range  # 7-bit weights by default
+    assert not int8_options_from_cli("minmax", "fused", None, weight_bits=8).reduce_range
+    assert int8_options_from_cli("minmax", "fused", None).keep_float == ("auto",)
+    with pytest.raises(ExportError, match="weight bits"):
+        int8_options_from_cli("minmax", "fused", None, weight_bits=4)
 
 
 def test_export_int8_with_verify(tiny, tmp_path, train_set, pair_set):
@@ -297,3 +302,29 @@ def test_export_falls_back_to_mixed_precision(tiny, tmp_path, train_set):
     assert any("mixed precision kept" in n for n in report.notes)
     meta = read_metadata(report.artifact("int8").path)
     assert meta["int8_mixed_float_layers"] == ",".join(layer[0] for layer in mp["kept_float_layers"])
+
+
+def test_auto_keep_float_quantizes_a_relu6_network_entirely(tiny_export, faces, tmp_path):
+    """`auto`: stem/head/depthwise/PReLU float only in a PReLU network; a ReLU6 one goes all int8
+    (every conv, the depthwise ones included, becomes a QLinearConv with the Clip fused)."""
+    from torch import nn
+
+    from export_helpers import settle_bn
+    from facedistill.export.onnx_export import torch_to_onnx
+
+    import torch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    src = torch_to_onnx(settle_bn(net, faces), opset=17)
+    calib = Preprocessing().apply(faces[:16])
+    res = quantize_int8(src, tmp_path / "r6.onnx", calib, Int8Options())
+    assert res.keep_float == [] and res.excluded_nodes == []
+    ops = optimized_op_counts(tmp_path / "r6.onnx")
+    assert ops.get("QLinearConv", 0) == 3 and "Conv" not in ops and "Clip" not in ops, ops
+    path, _ = tiny_export
+    prelu = quantize_int8(path, tmp_path / "p.onnx", calib, Int8Options())
+    assert prelu.keep_float == ["stem", "head", "depthwise", "prelu"]
