@@ -45,9 +45,15 @@ def print_export_table(report) -> None:
 @app.command("export")
 @user_errors
 def export(
-    model: Path = typer.Argument(..., help="Run folder (runs/<name>/) or backbone state dict (.pt)."),
+    model: Path = typer.Argument(..., help="Run folder (runs/<name>/), backbone state dict (.pt), or an fp32 "
+                                           "ONNX face model trained elsewhere (with --int8)."),
     out: Path = typer.Option(..., "--out", "-o", help="fp32 ONNX file to write; --fp16/--int8 add "
-                                                      "<stem>.fp16.onnx / <stem>.int8.onnx beside it."),
+                                                      "<stem>.fp16.onnx / <stem>.int8.onnx beside it. For an "
+                                                      ".onnx MODEL: the int8 file."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="ONNX MODEL without facedistill metadata: input "
+                                                           "mean (one value or r,g,b), e.g. 127.5 (SFace: 0)."),
+    std: Optional[str] = typer.Option(None, "--std", help="ONNX MODEL: input std (one value or r,g,b)."),
+    channel_order: Optional[str] = typer.Option(None, "--channel-order", help="ONNX MODEL: RGB or BGR."),
     arch: Optional[str] = typer.Option(None, help="Architecture of a bare state dict (iresnet18/34/50/100, "
                                                   "mobilefacenet) when the keys cannot tell."),
     embedding_size: Optional[int] = typer.Option(None, help="Embedding size of a bare state dict."),
@@ -56,21 +62,30 @@ def export(
                                                                "calibration (default: synthetic faces)."),
     calib_images: int = typer.Option(300, "--calib-images", help="Calibration images to draw from --calib."),
     calib_method: str = typer.Option("minmax", "--int8-calib-method", help="minmax, entropy or percentile."),
-    prelu: str = typer.Option("linear", "--int8-prelu",
-                              help="How PReLU goes to int8: linear (s*x+(1-s)*relu(x), all int8; default), "
-                                   "relu, qdq, or float (left in fp32)."),
-    keep_float: str = typer.Option("stem,head,depthwise,prelu", "--int8-keep-float",
+    prelu: str = typer.Option("fused", "--int8-prelu",
+                              help="How PReLU goes to int8: fused (s*x+relu((1-s)*x), int8 with no requantize "
+                                   "hops; default), linear (s*x+(1-s)*relu(x)), relu, qdq, or float (left in fp32)."),
+    keep_float: str = typer.Option("auto", "--int8-keep-float",
                                    help="Left in float (comma-separated): stem, head, depthwise (grouped convs), "
-                                        "prelu, node names, or none (all int8)."),
+                                        "prelu, node names, none (all int8), or auto (default: "
+                                        "stem,head,depthwise,prelu for a PReLU network, none otherwise)."),
     activations: str = typer.Option("uint8", "--int8-activations", help="uint8 (fastest on x86) or int8."),
     kept_weights: str = typer.Option("compact", "--int8-kept-weights",
                                      help="Weights of the layers kept in float: compact (Linear head as weight-only "
                                           "int8, convs as fp16; smaller file) or fp32."),
     per_channel: bool = typer.Option(True, "--int8-per-channel/--int8-per-tensor", help="Weight granularity."),
+    weight_bits: int = typer.Option(7, "--int8-weight-bits",
+                                    help="7 (default): int8 weights in 7 bits, same results on every CPU; 8: full "
+                                         "range, saturates in onnxruntime's x86 kernels without VNNI (AVX2)."),
     min_cosine: float = typer.Option(0.99, "--int8-min-cosine", help="int8 gate: minimum mean per-image "
                                                                       "cosine to fp32."),
     max_drop: float = typer.Option(0.5, "--int8-max-drop", help="int8 gate with --verify: maximum accuracy "
                                                                  "drop in points."),
+    mixed: bool = typer.Option(True, "--int8-mixed/--no-int8-mixed",
+                               help="When plain int8 fails its gate: measure each layer's int8 damage and keep "
+                                    "the fewest layers float that pass, before refusing (default on)."),
+    calib_batch: int = typer.Option(16, "--calib-batch", help="Images per calibration batch: the calibrator "
+                                                              "holds one batch of activations at a time."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Keep an int8 model that fails its gate "
                                                                       "as <stem>.int8.rejected.onnx."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write a float16 model (float32 input and output)."),
@@ -98,7 +113,8 @@ def export(
     from facedistill.export.quantize import int8_options_from_cli
 
     options = int8_options_from_cli(calib_method, prelu, keep_float, per_channel=per_channel,
-                                    activations=activations, kept_weights=kept_weights) if int8 else None
+                                    activations=activations, kept_weights=kept_weights,
+                                    calib_batch=calib_batch, weight_bits=weight_bits) if int8 else None
     batch_arg: str | int = batch if batch == "dynamic" else _batch(batch)
 
     def say(msg: str) -> None:
@@ -110,7 +126,9 @@ def export(
                               opset=opset,
                               batch=batch_arg, simplify=simplify, verify=verify, parity_images=parity_images,
                               int8_min_cosine=min_cosine, int8_max_drop=max_drop, latency=not no_latency,
-                              latency_threads=threads, keep_rejected=keep_rejected, progress=say)
+                              latency_threads=threads, keep_rejected=keep_rejected, int8_mixed=mixed,
+                              mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"),
+                              channel_order=channel_order, progress=say)
     except ExportGateError as e:
         if e.report is not None:
             print_export_table(e.report)
@@ -118,6 +136,18 @@ def export(
         raise
     print_export_table(report)
     write_json_output(json_out, report.to_dict())
+
+
+def _numbers(text: str | None, flag: str):
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}") from None
+    if len(values) not in (1, 3):
+        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _batch(text: str) -> int:

@@ -388,6 +388,31 @@ def _synthetic(n: int, first_identity: int, seed: int) -> np.ndarray:
     return images[:n]
 
 
+def spread_over_identities(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` image indices drawn across identities (sorted): identities in random order, one image
+    of each per round, so 300 calibration images from a set of 1,000 identities come from 300
+    identities instead of the few with the most images. Unknown labels (-1) count as one identity
+    per image."""
+    labels = np.asarray(labels).astype(np.int64)
+    n = min(int(n), len(labels))
+    if n <= 0:
+        return np.zeros(0, np.int64)
+    keys = np.where(labels >= 0, labels, -1 - np.arange(len(labels)))  # -1 labels: their own identity
+    order = rng.permutation(len(labels))
+    # rank of each image inside its identity (random order), then take ranks 0, 1, ... across identities
+    perm_keys = keys[order]
+    sort = np.argsort(perm_keys, kind="stable")
+    sorted_keys = perm_keys[sort]
+    first = np.r_[0, np.flatnonzero(np.diff(sorted_keys)) + 1]
+    rank_sorted = np.arange(len(sorted_keys)) - np.repeat(first, np.diff(np.r_[first, len(sorted_keys)]))
+    rank = np.empty(len(order), np.int64)
+    rank[sort] = rank_sorted
+    ident_order = {k: i for i, k in enumerate(rng.permutation(np.unique(keys)))}
+    tiebreak = np.array([ident_order[k] for k in perm_keys])
+    pick = np.lexsort((tiebreak, rank))[:n]
+    return np.sort(order[pick])
+
+
 def _gather_images(calib: str | os.PathLike | None, verify: str | os.PathLike | None, int8: bool,
                    calib_images: int, parity_images: int, seed: int, notes: list[str]) -> _Images:
     rng = np.random.default_rng(seed)
@@ -405,7 +430,7 @@ def _gather_images(calib: str | os.PathLike | None, verify: str | os.PathLike | 
         if calib is not None:
             calib_ds = _open_set(calib, "--calib")
             n = min(calib_images, len(calib_ds))
-            calib_idx = np.sort(rng.choice(len(calib_ds), size=n, replace=False))
+            calib_idx = spread_over_identities(np.asarray(calib_ds.labels), n, rng)
             calib_arr = calib_ds.images(calib_idx)
             calib_source = str(calib)
             if n < calib_images:
@@ -505,6 +530,10 @@ def export_model(
     seed: int = 0,
     keep_debug: bool = True,
     keep_rejected: bool = False,
+    int8_mixed: bool = True,
+    mean: Any = None,
+    std: Any = None,
+    channel_order: str | None = None,
     loaded: Any = None,
     progress: Progress | None = None,
 ) -> ExportReport:
@@ -517,6 +546,18 @@ def export_model(
     is kept as ``<stem>.int8.rejected.onnx`` (never under the final name). Returns the report; raises
     :class:`ExportGateError` (a :class:`FaceDistillError`) when a gate fails, with ``.report`` set.
     """
+    if loaded is None and model_path is not None and str(model_path).lower().endswith(".onnx"):
+        # a model trained elsewhere: only int8 applies (the file itself is the fp32 model)
+        if not int8 or fp16:
+            raise ExportError(f"{model_path} is already an ONNX model: exporting it only makes sense with --int8 "
+                              "(and without --fp16); --out then names the int8 file")
+        from facedistill.export.onnx_source import export_onnx_int8
+
+        return export_onnx_int8(model_path, out, calib=calib, calib_images=calib_images, int8_options=int8_options,
+                                verify=verify, parity_images=parity_images, min_cosine=int8_min_cosine,
+                                max_drop=int8_max_drop, mean=mean, std=std, channel_order=channel_order,
+                                latency=latency, latency_threads=latency_threads, keep_rejected=keep_rejected,
+                                int8_mixed=int8_mixed, seed=seed, progress=progress)
     start = time.time()
     out = Path(out)
     if out.exists() and out.is_dir():
@@ -675,77 +716,9 @@ def export_model(
     # ---- int8 ----------------------------------------------------------------------------------
     if int8:
         assert opts is not None and imgs.calib is not None
-        path8 = sibling_path(out, "int8")
-        art = ArtifactReport(precision="int8", path=str(path8), written=False, reference="fp32",
-                             gate=f"mean cosine >= {int8_min_cosine}"
-                                  + (f", accuracy drop <= {int8_max_drop} points" if verify is not None else ""))
-        report.artifacts.append(art)
-        x_calib = pre.apply(imgs.calib)
-        report.calibration = {"source": imgs.calib_source, "images": int(len(x_calib)), "method": opts.method}
-        _say(progress, f"quantizing to int8 ({opts.method} calibration on {len(x_calib)} images, "
-                       f"PReLU mode {opts.prelu})")
-        with _staged(path8) as tmp:
-            try:
-                qres = quantize_int8(quant_source, tmp, x_calib, opts)
-            except OSError as e:
-                raise _write_error(path8, e) from e
-            report.int8 = {**opts.to_dict(), **qres.to_dict()}
-            import onnx
-
-            proto8 = onnx.load(str(tmp))
-            int8_extra = {**source_extra, "int8_method": opts.method, "int8_prelu": opts.prelu,
-                          "int8_keep_float": ",".join(opts.keep_float) or "none",
-                          "int8_kept_weights": opts.kept_float_weights,
-                          "int8_activations": opts.activations, "int8_per_channel": str(opts.per_channel).lower(),
-                          "int8_calibration": f"{imgs.calib_source} ({len(x_calib)} images)"}
-            set_metadata(proto8, build_metadata(precision="int8", extra=int8_extra, **base_meta))
-            _write_model_file(proto8, tmp)
-            y8 = run_onnx(ort_session(tmp), x_parity)
-            par = compare_embeddings(ref_onnx, y8, int8_min_cosine, "mean")
-            _fill(art, par)
-            problems = []
-            if not par.passed:
-                problems.append(f"mean per-image cosine to fp32 {par.mean:.4f} < {int8_min_cosine} "
-                                f"(worst {par.worst:.4f})")
-            if verify is not None:
-                _say(progress, f"verifying fp32 and int8 on {verify}")
-                acc32 = verification_accuracy(out, imgs.pairs_set, pre)
-                acc8 = verification_accuracy(tmp, imgs.pairs_set, pre)
-                fp32_art.accuracy = acc32["accuracy"]
-                art.accuracy = acc8["accuracy"]
-                drop = acc32["accuracy"] - acc8["accuracy"]
-                report.verification = {"set": str(verify), "fp32": acc32, "int8": acc8,
-                                       "drop_points": round(drop, 4)}
-                if drop > int8_max_drop:
-                    problems.append(f"verification accuracy drops {drop:.2f} points on {verify} "
-                                    f"({acc32['accuracy']:.2f}% -> {acc8['accuracy']:.2f}%), more than "
-                                    f"{int8_max_drop}")
-            if problems:
-                kept = ""
-                if keep_rejected:
-                    rejected = path8.with_name(f"{path8.stem}.rejected{path8.suffix}")
-                    set_metadata(proto8, build_metadata(precision="int8", extra={
-                        **int8_extra, "int8_gate": "FAILED: " + "; ".join(problems)}, **base_meta))
-                    _write_model_file(proto8, tmp)
-                    os.replace(tmp, rejected)
-                    art.path = str(rejected)
-                    kept = f" The rejected model is kept for inspection at {rejected}."
-                raise fail("int8 gate failed: " + "; ".join(problems) + ". Try --int8-calib-method percentile "
-                           "or entropy, more or more representative --calib images (faces like the deployment's),"
-                           " or keeping more layers in float (--int8-keep-float with node names of the fp32 "
-                           "file). "
-                           f"Nothing was written to {path8}; the fp32 model at {out} is fine.{kept}")
-            int8_extra.update({"parity_worst_cosine": round(par.worst, 7), "parity_mean_cosine": round(par.mean, 7)})
-            set_metadata(proto8, build_metadata(precision="int8", extra=int8_extra, **base_meta))
-            _write_model_file(proto8, tmp)
-            art.size_bytes = check_onnx(tmp).size_bytes
-            try:  # what onnxruntime actually runs (QLinearConv, ...), for the report
-                from facedistill.export.quantize import optimized_op_counts
-
-                art.ops = optimized_op_counts(tmp)
-            except Exception as e:  # diagnostic only
-                notes.append(f"could not list the optimized int8 ops: {e}")
-        art.written = True
+        int8_stage(report, quant_source, out, ref_onnx, x_parity, imgs, pre, opts, base_meta, source_extra,
+                   verify=verify, min_cosine=int8_min_cosine, max_drop=int8_max_drop, keep_rejected=keep_rejected,
+                   mixed=int8_mixed, fail=fail, progress=progress)
 
     if verify is not None and not int8:
         _say(progress, f"verifying on {verify}")
@@ -763,6 +736,144 @@ def export_model(
     report.passed = all(a.passed for a in report.artifacts)
     report.seconds = round(time.time() - start, 2)
     return report
+
+
+MIXED_COSINE_MARGIN = 0.002  # the mixed-precision search aims this far above the gate (its probe images
+                             # are not the gate's; a margin keeps a borderline pick from failing there)
+
+
+def _gate_problems(art: ArtifactReport, par: ParityResult, min_cosine: float, report: ExportReport,
+                   fp32_path: Path, int8_path: Path, verify: Any, imgs: "_Images", pre: Preprocessing,
+                   max_drop: float, fp32_art: ArtifactReport | None, progress: Progress | None) -> list[str]:
+    _fill(art, par)
+    problems = []
+    if not par.passed:
+        problems.append(f"mean per-image cosine to fp32 {par.mean:.4f} < {min_cosine} (worst {par.worst:.4f})")
+    if verify is not None:
+        _say(progress, f"verifying fp32 and int8 on {verify}")
+        if report.verification and "fp32" in report.verification:
+            acc32 = report.verification["fp32"]
+        else:
+            acc32 = verification_accuracy(fp32_path, imgs.pairs_set, pre)
+        acc8 = verification_accuracy(int8_path, imgs.pairs_set, pre)
+        if fp32_art is not None:
+            fp32_art.accuracy = acc32["accuracy"]
+        art.accuracy = acc8["accuracy"]
+        drop = acc32["accuracy"] - acc8["accuracy"]
+        report.verification = {"set": str(verify), "fp32": acc32, "int8": acc8, "drop_points": round(drop, 4)}
+        art.passed = art.passed and drop <= max_drop
+        if drop > max_drop:
+            problems.append(f"verification accuracy drops {drop:.2f} points on {verify} "
+                            f"({acc32['accuracy']:.2f}% -> {acc8['accuracy']:.2f}%), more than {max_drop}")
+    return problems
+
+
+def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onnx: np.ndarray,
+               x_parity: np.ndarray, imgs: "_Images", pre: Preprocessing, opts: Int8Options,
+               base_meta: dict[str, Any], source_extra: dict[str, Any], *, verify: Any, min_cosine: float,
+               max_drop: float, keep_rejected: bool, mixed: bool, fail: Callable[[str], Exception],
+               progress: Progress | None = None, int8_path: Path | None = None) -> ArtifactReport:
+    """Quantize ``quant_source``, gate it against the fp32 file, and when plain int8 fails the gate
+    and ``mixed`` is on, search the fewest layers to keep float
+    (:func:`facedistill.export.quantize.search_mixed_precision`) before refusing. Writes
+    ``<fp32 stem>.int8.onnx`` with metadata; raises ``fail(message)`` when no model passes."""
+    import onnx
+
+    from facedistill.export.quantize import PreprocessedImages, search_mixed_precision
+
+    notes = report.notes
+    path8 = Path(int8_path) if int8_path is not None else sibling_path(fp32_path, "int8")
+    fp32_art = report.artifact("fp32")
+    fp32_shown = fp32_art.path if fp32_art is not None else fp32_path
+    art = ArtifactReport(precision="int8", path=str(path8), written=False, reference="fp32",
+                         gate=f"mean cosine >= {min_cosine}"
+                              + (f", accuracy drop <= {max_drop} points" if verify is not None else ""))
+    report.artifacts.append(art)
+    x_calib = PreprocessedImages(imgs.calib, pre.apply)
+    report.calibration = {"source": imgs.calib_source, "images": int(len(x_calib)), "method": opts.method,
+                          "batch": opts.calib_batch, "streamed": True}
+    _say(progress, f"quantizing to int8 ({opts.method} calibration on {len(x_calib)} images, "
+                   f"PReLU mode {opts.prelu})")
+    int8_extra = {**source_extra, "int8_method": opts.method, "int8_prelu": opts.prelu,
+                  "int8_keep_float": ",".join(opts.keep_float) or "none",
+                  "int8_kept_weights": opts.kept_float_weights,
+                  "int8_activations": opts.activations, "int8_per_channel": str(opts.per_channel).lower(),
+                  "int8_weight_bits": "7" if opts.reduce_range else "8",
+                  "int8_calibration": f"{imgs.calib_source} ({len(x_calib)} images)"}
+    with _staged(path8) as tmp:
+        try:
+            qres = quantize_int8(quant_source, tmp, x_calib, opts)
+        except OSError as e:
+            raise _write_error(path8, e) from e
+        report.int8 = {**opts.to_dict(), **qres.to_dict()}
+        int8_extra["int8_keep_float"] = ",".join(qres.keep_float) or "none"
+        par = compare_embeddings(ref_onnx, run_onnx(ort_session(tmp), x_parity), min_cosine, "mean")
+        problems = _gate_problems(art, par, min_cosine, report, fp32_path, tmp, verify, imgs, pre, max_drop,
+                                  fp32_art, progress)
+        if problems and mixed:
+            plain_problems = list(problems)
+            plain = tmp.with_name(tmp.name + ".plain")
+            os.replace(tmp, plain)
+            try:
+                plain_size, plain_ms = os.path.getsize(plain), quick_latency_ms(plain, int(pre.input_size))
+                # probe on calibration images (not the gate's parity/verify images), at most 64
+                rng = np.random.default_rng(1)
+                n_probe = min(64, len(imgs.calib))
+                probe = pre.apply(imgs.calib[np.sort(rng.choice(len(imgs.calib), n_probe, replace=False))])
+                target = min(0.9999, min_cosine + MIXED_COSINE_MARGIN)
+                _say(progress, f"plain int8 failed its gate ({'; '.join(problems)}); measuring each layer's int8 "
+                               f"damage to keep the fewest float (target probe cosine {target:.4f})")
+                mres = search_mixed_precision(quant_source, tmp, x_calib, probe, opts, target_cosine=target,
+                                              progress=progress)
+                par = compare_embeddings(ref_onnx, run_onnx(ort_session(tmp), x_parity), min_cosine, "mean")
+                problems = _gate_problems(art, par, min_cosine, report, fp32_path, tmp, verify, imgs, pre,
+                                          max_drop, fp32_art, progress)
+                mixed_size, mixed_ms = os.path.getsize(tmp), quick_latency_ms(tmp, int(pre.input_size))
+            finally:
+                _unlink(plain)
+            kept = [layer[0] for layer in mres.kept_float_layers]
+            report.int8["mixed_precision"] = {
+                **mres.to_dict(), "plain_failure": plain_problems,
+                "plain_size_bytes": plain_size, "size_bytes": mixed_size,
+                "plain_latency_ms_b1": round(plain_ms, 3), "latency_ms_b1": round(mixed_ms, 3)}
+            report.int8["keep_float"] = list(mres.keep_float)
+            int8_extra["int8_mixed_float_layers"] = ",".join(kept)
+            notes.append(f"int8: plain int8 failed its gate ({'; '.join(plain_problems)}); sensitivity-guided "
+                         f"mixed precision kept {len(kept)} of {len(mres.layers)} int8 layers float "
+                         f"({', '.join(kept) or 'none'}): probe cosine {mres.cosine:.4f}, "
+                         f"cost +{(mixed_size - plain_size) / 1e3:.0f} KB and "
+                         f"{mixed_ms - plain_ms:+.2f} ms at batch 1 ({plain_ms:.2f} -> {mixed_ms:.2f} ms), "
+                         f"search {mres.seconds:.0f} s")
+        if problems:
+            kept = ""
+            if keep_rejected:
+                proto8 = onnx.load(str(tmp))
+                rejected = path8.with_name(f"{path8.stem}.rejected{path8.suffix}")
+                set_metadata(proto8, build_metadata(precision="int8", extra={
+                    **int8_extra, "int8_gate": "FAILED: " + "; ".join(problems)}, **base_meta))
+                _write_model_file(proto8, tmp)
+                os.replace(tmp, rejected)
+                art.path = str(rejected)
+                kept = f" The rejected model is kept for inspection at {rejected}."
+            raise fail("int8 gate failed: " + "; ".join(problems) + ". Try --int8-calib-method percentile "
+                       "or entropy, more or more representative --calib images (faces like the deployment's),"
+                       " or keeping more layers in float (--int8-keep-float with node names of the fp32 "
+                       "file). "
+                       f"Nothing was written to {path8}; the fp32 model at {fp32_shown} is fine.{kept}")
+        proto8 = onnx.load(str(tmp))
+        int8_extra.update({"parity_worst_cosine": round(par.worst, 7), "parity_mean_cosine": round(par.mean, 7)})
+        set_metadata(proto8, build_metadata(precision="int8", extra=int8_extra, **base_meta))
+        _write_model_file(proto8, tmp)
+        art.size_bytes = check_onnx(tmp).size_bytes
+        try:  # what onnxruntime actually runs (QLinearConv, ...), for the report
+            from facedistill.export.quantize import optimized_op_counts
+
+            art.ops = optimized_op_counts(tmp)
+        except Exception as e:  # diagnostic only
+            notes.append(f"could not list the optimized int8 ops: {e}")
+    art.written = True
+    return art
+
 
 
 def _fill(art: ArtifactReport, par: ParityResult) -> None:
@@ -814,4 +925,4 @@ def _toposort(proto: Any) -> Any:
     return proto
 
 
-__all__ += ["check_opset", "quick_latency_ms", "to_fp16", "verification_accuracy"]
+__all__ += ["check_opset", "int8_stage", "quick_latency_ms", "spread_over_identities", "to_fp16", "verification_accuracy"]

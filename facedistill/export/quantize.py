@@ -6,13 +6,26 @@ Pipeline (:func:`quantize_int8`)::
       -> quant_pre_process   symbolic shape inference + onnxruntime's basic graph optimisation
                              (Conv+BatchNorm folding; the pre-activation BN of IResNet blocks sits
                              before a padded conv and cannot be folded exactly, so it stays)
-      -> PReLU rewrite       ``s*x + (1-s)*relu(x)`` (``prelu="linear"``, exact), see below
-      -> quantize_static     QDQ, symmetric int8 per-channel weights, uint8 activations,
-                             calibration on real face images (MinMax by default; Entropy and
-                             Percentile selectable), nodes of the parts in ``keep_float`` excluded
+      -> PReLU rewrite       ``s*x + relu((1-s)*x)`` (``prelu="fused"``, exact for s <= 1; a node
+                             with a steeper slope gets ``linear``), see below
+      -> quantize_static     QDQ, symmetric per-channel int8 weights in 7 bits (``reduce_range``: no
+                             saturation in x86 kernels without VNNI), uint8 activations, calibration
+                             on real face images streamed one batch per collect (bounded memory;
+                             MinMax by default, Entropy and Percentile selectable), nodes of the parts
+                             in ``keep_float`` excluded (``auto``: stem/head/depthwise/PReLU in a PReLU
+                             network, nothing otherwise)
       -> compact storage     weights of the excluded (float) layers: the head's Linear as
                              weight-only int8, convs as fp16 + Cast (``kept_float_weights``);
                              tensor/node names compacted
+
+When plain int8 fails the export's gate, :func:`search_mixed_precision` (per-layer damage from
+:func:`layer_sensitivity`, then the fewest most-damaging layers kept float) is the default fallback
+(docs/deploy.md section 6; numbers in docs/results.md).
+
+Update (issue 15, AVX2-only EPYC, see docs/results.md): the measurements below were taken with 8-bit
+weights on an AVX512-VNNI machine. On a CPU without VNNI the all-int8 trunk with the ``fused`` PReLU
+rewrite was faster than the depthwise/PReLU-float default (benchmarks/int8_speed.py), and a ReLU6
+network (``mobilefacenet_s_relu6``) is faster still; the default was left accuracy-first.
 
 Defaults, and why (measured; reproduce with ``benchmarks/int8_export.py --prelu-sweep``):
 
@@ -93,13 +106,18 @@ __all__ = [
     "rewrite_prelu",
 ]
 
-PRELU_MODES: tuple[str, ...] = ("float", "qdq", "relu", "linear")
-DEFAULT_PRELU_MODE = "linear"
+PRELU_MODES: tuple[str, ...] = ("float", "qdq", "relu", "linear", "fused")
+DEFAULT_PRELU_MODE = "fused"
 CALIB_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
 ACTIVATION_TYPES: tuple[str, ...] = ("uint8", "int8")
-KNOWN_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
-# What stays float by default: measured fastest *and* most accurate on x86 (see the module docstring).
+KNOWN_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu", "auto")
+# What stays float in a PReLU network: measured fastest *and* most accurate on x86 (see the module docstring).
 KEEP_FLOAT_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
+# The default, "auto": KEEP_FLOAT_PARTS when the graph has PReLU nodes, nothing otherwise. A network
+# without PReLU (ReLU/ReLU6/Clip after each conv: the MobileFaceNet *_relu6 variants, most public int8
+# face models) quantizes to back-to-back fused QLinearConvs, depthwise ones included, and that all-int8
+# graph is the fastest (benchmarks/int8_speed.py: 94% of its time in QLinearConv, no Q/DQ hops).
+DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("auto",)
 # onnxruntime's static quantizer handles the default ONNX domain up to this opset.
 MAX_INT8_OPSET = 20
 
@@ -110,8 +128,15 @@ class Int8Options:
 
     method: str = "minmax"
     prelu: str = DEFAULT_PRELU_MODE
-    keep_float: tuple[str, ...] = KEEP_FLOAT_PARTS  # parts (KNOWN_PARTS) and/or node names
+    keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT  # parts (KNOWN_PARTS) and/or node names
     per_channel: bool = True
+    # 7-bit weights. onnxruntime's u8s8 int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512F) add
+    # pairs of u8*s8 products in int16 and saturate with full 8-bit weights: on such a CPU (an AVX2 EPYC
+    # here) the fused int8 graph disagreed with its own QDQ reference (cosine 0.55 on a random ReLU6
+    # MobileFaceNet) and with emulated aarch64. 7-bit weights cannot saturate, so every kernel (VNNI,
+    # AVX2, ARM dot-product) computes the same thing. Off: a little more weight precision for
+    # VNNI/ARM-only targets.
+    reduce_range: bool = True
     activations: str = "uint8"
     percentile: float = 99.999
     calib_batch: int = 16
@@ -157,6 +182,7 @@ class QuantizeResult:
     method: str
     seconds: float
     quantized_ops: dict[str, int] = field(default_factory=dict)
+    keep_float: list[str] = field(default_factory=list)  # the parts/nodes kept float, "auto" resolved
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,7 +337,21 @@ def rewrite_prelu(model: Any, mode: str, skip: Iterable[str] = ()) -> tuple[Any,
                 helper.make_node("Mul", [f"{p}/negr", neg_s.name], [f"{p}/negpart"], name=f"{p}/mul_slope"),
                 helper.make_node("Add", [f"{p}/pos", f"{p}/negpart"], [y], name=f"{p}/add"),
             ]
-        else:  # linear
+        elif mode == "fused" and bool(np.all(slope <= 1.0)):
+            # s*x + relu((1-s)*x): exact for s <= 1. The Relu reads a Mul that nobody else reads, so
+            # the quantizer folds it into that Mul's output quantization (uint8 zero point 0 clips at
+            # 0): QLinearMul, QLinearMul, QLinearAdd and no requantizing DQ->Q pair, unlike "linear"
+            # whose Relu shares x with the first Mul and keeps its own scale.
+            s = numpy_helper.from_array(slope, f"{p}/slope")
+            one_minus = numpy_helper.from_array((1.0 - slope).astype(np.float32), f"{p}/one_minus_slope")
+            added += [s, one_minus]
+            nodes = [
+                helper.make_node("Mul", [x, s.name], [f"{p}/sx"], name=f"{p}/mul_slope"),
+                helper.make_node("Mul", [x, one_minus.name], [f"{p}/ax"], name=f"{p}/mul_one_minus"),
+                helper.make_node("Relu", [f"{p}/ax"], [f"{p}/pos_scaled"], name=f"{p}/relu"),
+                helper.make_node("Add", [f"{p}/sx", f"{p}/pos_scaled"], [y], name=f"{p}/add"),
+            ]
+        else:  # linear (and "fused" for a node with a slope > 1)
             s = numpy_helper.from_array(slope, f"{p}/slope")
             one_minus = numpy_helper.from_array((1.0 - slope).astype(np.float32), f"{p}/one_minus_slope")
             added += [s, one_minus]
@@ -448,13 +488,46 @@ def optimized_op_counts(path: str | os.PathLike, threads: int = 1) -> dict[str, 
 # ----------------------------------------------------------------------------------------------
 # quantization
 # ----------------------------------------------------------------------------------------------
-def _calib_reader(inputs: np.ndarray, input_name: str, batch: int, progress: Callable[[int], None] | None,
+class PreprocessedImages:
+    """Calibration images kept as uint8 faces and preprocessed one batch at a time.
+
+    Holding N x 112 x 112 x 3 uint8 (37 KB an image) instead of the float32 tensors (150 KB) keeps
+    the calibration memory of ``--calib-images 3000`` at ~110 MB; together with the streamed
+    calibration (:func:`quantize_int8` feeds the calibrator one batch per collect) peak memory no
+    longer grows with the number of calibration images.
+    """
+
+    def __init__(self, images: np.ndarray, preprocess: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.images = images
+        self.preprocess = preprocess
+        self.shape = (len(images), 3) + tuple(images.shape[1:3])
+        self.ndim = 4
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return np.asarray(self.preprocess(self.images[index]), dtype=np.float32)
+
+
+def _calib_reader(inputs: Any, input_name: str, batch: int, progress: Callable[[int], None] | None,
                   fixed: bool = False):
+    """A calibration reader that onnxruntime drives in strides (``CalibStridedMinMax``): one batch
+    per ``collect_data`` call, so the calibrator never holds more than one batch of intermediate
+    tensors (histogram methods keep only their merged histograms between batches)."""
     from onnxruntime.quantization import CalibrationDataReader
+
+    n_batches = -(-len(inputs) // batch)
 
     class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self._starts = iter(range(0, len(inputs), batch))
+            self.set_range(0, n_batches)
+
+        def __len__(self) -> int:
+            return n_batches
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._starts = iter(range(start_index * batch, min(end_index * batch, len(inputs)), batch))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             start = next(self._starts, None)
@@ -468,7 +541,7 @@ def _calib_reader(inputs: np.ndarray, input_name: str, batch: int, progress: Cal
             return {input_name: chunk}
 
         def rewind(self) -> None:
-            self._starts = iter(range(0, len(inputs), batch))
+            self.set_range(0, n_batches)
 
     return _Reader()
 
@@ -497,79 +570,164 @@ def _resolve_excluded(model: Any, keep_float: Iterable[str], stem: list[str], he
     return out
 
 
-def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: np.ndarray,
-                  options: Int8Options | None = None,
-                  progress: Callable[[int], None] | None = None) -> QuantizeResult:
-    """Quantize ``fp32_model`` (an ``onnx.ModelProto`` or a path) to an int8 QDQ model at ``out_path``.
+@dataclass
+class _Prepared:
+    """The fp32 graph as the quantizer sees it: BatchNorm folded, PReLU rewritten, names fixed."""
 
-    ``calib_inputs``: preprocessed float32 N x 3 x H x W calibration images (a few hundred real
-    faces). ``progress(n)`` is called with the number of calibration images fed. Writes
-    ``out_path`` directly (the caller owns atomicity) without metadata.
-    """
+    ready: Any                     # onnx.ModelProto ready for quantize_static
+    pre: Any                       # after quant_pre_process, before the PReLU rewrite
+    input_name: str
+    fixed_batch: int | None
+    n_prelu: int
+    mapping: dict[str, list[str]]  # PRelu node name -> the nodes that replaced it
+    excluded: list[str]            # nodes of the keep_float parts (names in ``ready``)
+    keep_float: list[str] = field(default_factory=list)  # options.keep_float with "auto" resolved
+
+
+def _prepare(fp32_model: Any, opts: Int8Options, tmp: str) -> _Prepared:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    opts = (options or Int8Options()).validate()
-    calib_inputs = np.asarray(calib_inputs, dtype=np.float32)
-    if calib_inputs.ndim != 4 or len(calib_inputs) == 0:
-        raise ExportError(f"int8 calibration needs N x 3 x H x W images, got shape {calib_inputs.shape}")
-    start = time.time()
     model = fp32_model if not isinstance(fp32_model, (str, os.PathLike)) else onnx.load(str(fp32_model))
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     if opset > MAX_INT8_OPSET:
         raise ExportError(f"int8 needs opset <= {MAX_INT8_OPSET} (onnxruntime's static quantizer); the model "
                           f"has opset {opset}. Export with --opset {MAX_INT8_OPSET} or lower.")
     graph_input = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
-    input_name = graph_input.name
     dim0 = graph_input.type.tensor_type.shape.dim[0]
     fixed_batch = int(dim0.dim_value) if dim0.HasField("dim_value") else None
-    with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
-        src = os.path.join(tmp, "fp32.onnx")
-        pre = os.path.join(tmp, "pre.onnx")
-        onnx.save(model, src)
+    src = os.path.join(tmp, "fp32.onnx")
+    pre = os.path.join(tmp, "pre.onnx")
+    onnx.save(model, src)
+    try:
+        quant_pre_process(src, pre, skip_symbolic_shape=False)
+    except Exception as e:  # the symbolic shape pass gives up on some graphs; the basic one suffices
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=False)
-        except Exception as e:  # the symbolic shape pass gives up on some graphs; the basic one suffices
-            try:
-                quant_pre_process(src, pre, skip_symbolic_shape=True)
-            except Exception as e2:
-                raise ExportError(f"int8 pre-processing (shape inference, BatchNorm folding) failed: {e2} "
-                                  f"(first try: {e})") from e2
-        pre_model = onnx.load(pre)
-        _ensure_names(pre_model)
-        stem = find_stem_nodes(pre_model)
-        head = find_head_nodes(pre_model)
-        depthwise = find_depthwise_nodes(pre_model)
-        excluded_pre = _resolve_excluded(pre_model, opts.keep_float, stem, head, depthwise)
-        rewritten, n_prelu, mapping = rewrite_prelu(pre_model, opts.prelu)
-        rewritten = onnx.shape_inference.infer_shapes(rewritten)
-        excluded = [new for name in excluded_pre for new in mapping.get(name, [name])]
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+        except Exception as e2:
+            raise ExportError(f"int8 pre-processing (shape inference, BatchNorm folding) failed: {e2} "
+                              f"(first try: {e})") from e2
+    pre_model = onnx.load(pre)
+    _ensure_names(pre_model)
+    pre_copy = onnx.ModelProto()
+    pre_copy.CopyFrom(pre_model)
+    stem = find_stem_nodes(pre_model)
+    head = find_head_nodes(pre_model)
+    depthwise = find_depthwise_nodes(pre_model)
+    has_prelu = any(n.op_type == "PRelu" for n in pre_model.graph.node)
+    keep: list[str] = []
+    for item in opts.keep_float:
+        for part in ((KEEP_FLOAT_PARTS if has_prelu else ()) if item == "auto" else (item,)):
+            if part not in keep:
+                keep.append(part)
+    excluded_pre = _resolve_excluded(pre_model, keep, stem, head, depthwise)
+    rewritten, n_prelu, mapping = rewrite_prelu(pre_model, opts.prelu)
+    rewritten = onnx.shape_inference.infer_shapes(rewritten)
+    excluded = [new for name in excluded_pre for new in mapping.get(name, [name])]
+    return _Prepared(ready=rewritten, pre=pre_copy, input_name=graph_input.name, fixed_batch=fixed_batch,
+                     n_prelu=n_prelu, mapping=mapping, excluded=excluded, keep_float=keep)
+
+
+QUANTIZABLE_LAYER_OPS = ("Conv", "Gemm", "MatMul")
+_ACTIVATION_OPS = ("PRelu", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish")
+
+
+def quantizable_layers(fp32_model: Any, options: Int8Options | None = None) -> list[list[str]]:
+    """The layers :func:`quantize_int8` would put in int8 with ``options``, as groups of node names
+    of the pre-processed graph (what ``keep_float`` accepts): each Conv/Gemm/MatMul with the
+    activation right after it. Layers already kept float by ``options.keep_float`` are left out.
+    These are the units of the sensitivity analysis (:func:`layer_sensitivity`)."""
+    opts = (options or Int8Options()).validate()
+    with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
+        prep = _prepare(fp32_model, opts, tmp)
+    return _layers(prep)
+
+
+def _layers(prep: _Prepared) -> list[list[str]]:
+    model = prep.pre
+    cons = _consumers(model)
+    excluded = set(prep.excluded)
+    out: list[list[str]] = []
+    for node in model.graph.node:
+        if node.op_type not in QUANTIZABLE_LAYER_OPS:
+            continue
+        names = prep.mapping.get(node.name, [node.name])
+        if all(n in excluded for n in names):
+            continue
+        group = [node.name]
+        for nxt in cons.get(node.output[0], []):
+            if nxt.op_type in _ACTIVATION_OPS and len(cons.get(node.output[0], [])) == 1:
+                group.append(nxt.name)
+        out.append(group)
+    return out
+
+
+def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: Any,
+                  options: Int8Options | None = None,
+                  progress: Callable[[int], None] | None = None,
+                  calibration_cache: str | os.PathLike | None = None) -> QuantizeResult:
+    """Quantize ``fp32_model`` (an ``onnx.ModelProto`` or a path) to an int8 QDQ model at ``out_path``.
+
+    ``calib_inputs``: preprocessed float32 N x 3 x H x W calibration images (a few hundred real
+    faces), or a :class:`PreprocessedImages` (uint8 faces preprocessed batch by batch). The
+    calibrator is fed one batch (``options.calib_batch`` images) per collect, so its memory is capped
+    by the batch, not by N. ``progress(n)`` is called with the number of calibration images fed.
+    ``calibration_cache``: a JSON file of tensor ranges; written after calibrating when it does not
+    exist, read (and the images not run at all) when it does -- repeated quantizations of one graph
+    with different ``keep_float`` (the mixed-precision search) calibrate once. Writes ``out_path``
+    directly (the caller owns atomicity) without metadata.
+    """
+    import contextlib
+    import io
+
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    opts = (options or Int8Options()).validate()
+    cache_hit = calibration_cache is not None and os.path.isfile(calibration_cache)
+    if not isinstance(calib_inputs, PreprocessedImages):
+        calib_inputs = np.asarray(calib_inputs, dtype=np.float32)
+    if not cache_hit and (calib_inputs.ndim != 4 or len(calib_inputs) == 0):
+        raise ExportError(f"int8 calibration needs N x 3 x H x W images, got shape {calib_inputs.shape}")
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
+        prep = _prepare(fp32_model, opts, tmp)
+        excluded = prep.excluded
         ready = os.path.join(tmp, "ready.onnx")
-        onnx.save(rewritten, ready)
+        onnx.save(prep.ready, ready)
         op_types = sorted(set(QLinearOpsRegistry) | set(QDQRegistry) | ({"PRelu"} if opts.prelu == "qdq" else set()))
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[opts.method]
-        extra: dict[str, Any] = {"ActivationSymmetric": opts.activations == "int8", "WeightSymmetric": True}
+        extra: dict[str, Any] = {"ActivationSymmetric": opts.activations == "int8", "WeightSymmetric": True,
+                                 "CalibStridedMinMax": 1}  # one batch per collect: bounded memory
         if opts.method == "percentile":
             extra["CalibPercentile"] = float(opts.percentile)
+        reader = None if cache_hit else _calib_reader(calib_inputs, prep.input_name,
+                                                      prep.fixed_batch or opts.calib_batch, progress,
+                                                      fixed=prep.fixed_batch is not None)
+        kwargs: dict[str, Any] = {}
+        if calibration_cache is not None:
+            kwargs["calibration_cache_path"] = str(calibration_cache)
         try:
-            quantize_static(
-                ready, str(out_path), _calib_reader(calib_inputs, input_name, fixed_batch or opts.calib_batch,
-                                                    progress, fixed=fixed_batch is not None),
-                quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=opts.per_channel,
-                reduce_range=False,
-                activation_type=QuantType.QUInt8 if opts.activations == "uint8" else QuantType.QInt8,
-                weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method,
-                extra_options=extra,
-            )
+            with contextlib.redirect_stdout(io.StringIO()):  # the histogram collector prints per batch
+                quantize_static(
+                    ready, str(out_path), reader,
+                    quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types, per_channel=opts.per_channel,
+                    reduce_range=opts.reduce_range,
+                    activation_type=QuantType.QUInt8 if opts.activations == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, nodes_to_exclude=excluded, calibrate_method=method,
+                    extra_options=extra, **kwargs,
+                )
         except ExportError:
             raise
         except Exception as e:
             raise ExportError(f"onnxruntime static quantization failed: {type(e).__name__}: {e}") from e
     quantized = onnx.load(str(out_path), load_external_data=False)
-    changed = False
+    # quantize_static copies the source's metadata (an fp32 export's says "precision: fp32"): drop it,
+    # the caller writes the int8 file's own
+    changed = bool(len(quantized.metadata_props))
+    del quantized.metadata_props[:]
     if opts.kept_float_weights == "compact" and excluded:
         changed = bool(quantize_weights_only(quantized, excluded))
     if opts.compact_names:
@@ -578,18 +736,181 @@ def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: np
     if changed:
         onnx.save(quantized, str(out_path))
     counts = Counter(n.op_type for n in quantized.graph.node)
-    return QuantizeResult(prelu_mode=opts.prelu, prelu_count=n_prelu, excluded_nodes=excluded,
-                          calibration_images=int(len(calib_inputs)), method=opts.method,
+    return QuantizeResult(prelu_mode=opts.prelu, prelu_count=prep.n_prelu, excluded_nodes=excluded,
+                          calibration_images=0 if cache_hit else int(len(calib_inputs)), method=opts.method,
                           seconds=round(time.time() - start, 2),
-                          quantized_ops={k: v for k, v in counts.most_common()})
+                          quantized_ops={k: v for k, v in counts.most_common()}, keep_float=prep.keep_float)
+
+
+# ----------------------------------------------------------------------------------------------
+# sensitivity-guided mixed precision
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class LayerDamage:
+    """One layer's int8 damage: mean per-image cosine to fp32 with only that layer in int8."""
+
+    nodes: list[str]
+    op: str
+    cosine: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MixedPrecisionResult:
+    """What :func:`search_mixed_precision` found: the fewest most-damaging layers kept float that
+    bring the probe cosine to the target (``passed``), and every try on the way."""
+
+    passed: bool
+    target_cosine: float
+    cosine: float
+    kept_float_layers: list[list[str]]
+    keep_float: tuple[str, ...]          # the Int8Options.keep_float that was used
+    layers: list[LayerDamage]            # every candidate layer, most damaging first
+    tries: list[dict[str, Any]]          # {"float_layers": k, "cosine": c}
+    probe_images: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep_float"] = list(self.keep_float)
+        return d
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float(np.mean(np.sum(a * b, axis=1)))
+
+
+def _embed(path: str, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    fixed = inp.shape[0] if isinstance(inp.shape[0], int) and inp.shape[0] > 0 else None
+    step = fixed or batch
+    out = []
+    for i in range(0, len(x), step):
+        chunk = np.ascontiguousarray(x[i:i + step], dtype=np.float32)
+        n = len(chunk)
+        if fixed and n < fixed:
+            chunk = np.ascontiguousarray(np.resize(chunk, (fixed,) + chunk.shape[1:]))
+        out.append(np.asarray(sess.run(None, {inp.name: chunk})[0])[:n].reshape(n, -1))
+    return np.concatenate(out).astype(np.float32)
+
+
+def layer_sensitivity(fp32_model: Any, calib_inputs: Any, probe: np.ndarray, options: Int8Options | None = None,
+                      calibration_cache: str | os.PathLike | None = None,
+                      progress: Callable[[str], None] | None = None) -> list[LayerDamage]:
+    """Quantize each candidate layer (:func:`quantizable_layers`) alone, everything else float, and
+    measure the mean cosine of the probe images' embeddings to fp32. Most damaging first.
+
+    One calibration serves every layer (``calibration_cache``; a temporary one when None)."""
+    import onnx
+
+    opts = (options or Int8Options()).validate()
+    model = fp32_model if not isinstance(fp32_model, (str, os.PathLike)) else onnx.load(str(fp32_model))
+    with tempfile.TemporaryDirectory(prefix="facedistill-sens-") as tmp:
+        cache = str(calibration_cache) if calibration_cache is not None else os.path.join(tmp, "ranges.json")
+        prep = _prepare(model, opts, tmp)
+        layers = _layers(prep)
+        all_nodes = [n.name for n in prep.pre.graph.node]
+        fp32_path = os.path.join(tmp, "fp32.onnx")
+        onnx.save(model, fp32_path)
+        ref = _embed(fp32_path, probe)
+        out: list[LayerDamage] = []
+        q = os.path.join(tmp, "one.int8.onnx")
+        for i, layer in enumerate(layers):
+            mine = set(layer)
+            one = Int8Options(**{**opts.to_dict(), "keep_float": tuple(n for n in all_nodes if n not in mine),
+                                 "compact_names": False, "kept_float_weights": "fp32"})
+            quantize_int8(model, q, calib_inputs, one, calibration_cache=cache)
+            cos = _mean_cosine(ref, _embed(q, probe))
+            op = next((n.op_type for n in prep.pre.graph.node if n.name == layer[0]), "?")
+            out.append(LayerDamage(nodes=list(layer), op=op, cosine=round(cos, 6)))
+            if progress is not None:
+                progress(f"sensitivity {i + 1}/{len(layers)}: {layer[0]} cosine {cos:.4f}")
+    return sorted(out, key=lambda d: d.cosine)
+
+
+def search_mixed_precision(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: Any, probe: np.ndarray,
+                           options: Int8Options | None = None, target_cosine: float = 0.99,
+                           progress: Callable[[str], None] | None = None) -> MixedPrecisionResult:
+    """Keep the fewest layers float that bring the int8 model's mean probe cosine to fp32 up to
+    ``target_cosine``: rank the layers by :func:`layer_sensitivity`, then keep the top k float with
+    k = 1, 2, 4, ... until the target is met and bisect down to the smallest such k. The best model
+    found (the passing one, else the one with every candidate float) is written to ``out_path``.
+
+    ``probe``: preprocessed images to measure on (use images other than the ones the caller's own
+    gate measures on, so the search cannot fit the gate's images)."""
+    import shutil
+
+    import onnx
+
+    opts = (options or Int8Options()).validate()
+    start = time.time()
+    model = fp32_model if not isinstance(fp32_model, (str, os.PathLike)) else onnx.load(str(fp32_model))
+    probe = np.asarray(probe, dtype=np.float32)
+    with tempfile.TemporaryDirectory(prefix="facedistill-mixed-") as tmp:
+        cache = os.path.join(tmp, "ranges.json")
+        fp32_path = os.path.join(tmp, "fp32.onnx")
+        onnx.save(model, fp32_path)
+        ref = _embed(fp32_path, probe)
+        layers = layer_sensitivity(model, calib_inputs, probe, opts, calibration_cache=cache, progress=progress)
+        tries: dict[int, float] = {}
+
+        def attempt(k: int) -> float:
+            names = tuple(n for layer in layers[:k] for n in layer.nodes)
+            o = Int8Options(**{**opts.to_dict(), "keep_float": tuple(opts.keep_float) + names})
+            path = os.path.join(tmp, f"k{k}.onnx")
+            quantize_int8(model, path, calib_inputs, o, calibration_cache=cache)
+            tries[k] = _mean_cosine(ref, _embed(path, probe))
+            if progress is not None:
+                progress(f"mixed precision: {k} layer(s) float -> cosine {tries[k]:.4f}")
+            return tries[k]
+
+        n = len(layers)
+        k, good = 1, None
+        while k <= n:
+            if attempt(k) >= target_cosine:
+                good = k
+                break
+            if k == n:
+                break
+            k = min(2 * k, n)
+        if good is not None:
+            # the largest k tried that failed (or 0: the plain int8 the caller already refused)
+            lo = max((j for j, c in tries.items() if c < target_cosine and j < good), default=0)
+            hi = good
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if attempt(mid) >= target_cosine:
+                    hi = mid
+                else:
+                    lo = mid
+            good = hi
+        best = good if good is not None else max(tries, key=lambda j: tries[j])
+        shutil.copyfile(os.path.join(tmp, f"k{best}.onnx"), str(out_path))
+    kept = [layer.nodes for layer in layers[:best]]
+    return MixedPrecisionResult(
+        passed=good is not None, target_cosine=target_cosine, cosine=round(tries[best], 6),
+        kept_float_layers=kept, keep_float=tuple(opts.keep_float) + tuple(n for g in kept for n in g),
+        layers=layers, tries=[{"float_layers": j, "cosine": round(c, 6)} for j, c in sorted(tries.items())],
+        probe_images=int(len(probe)), seconds=round(time.time() - start, 2))
 
 
 def int8_options_from_cli(method: str, prelu: str, keep_float: Sequence[str] | str | None,
                           per_channel: bool = True, activations: str = "uint8",
-                          percentile: float = 99.999, kept_weights: str = "compact") -> Int8Options:
+                          percentile: float = 99.999, kept_weights: str = "compact",
+                          calib_batch: int = 16, weight_bits: int = 7) -> Int8Options:
     """Build options from CLI strings (``keep_float`` as 'stem,head,...', 'none' or node names)."""
     if keep_float is None:
-        parts: tuple[str, ...] = KEEP_FLOAT_PARTS
+        parts: tuple[str, ...] = DEFAULT_KEEP_FLOAT
     elif isinstance(keep_float, str):
         parts = tuple(p.strip() for p in keep_float.split(",") if p.strip())
     else:
@@ -598,7 +919,14 @@ def int8_options_from_cli(method: str, prelu: str, keep_float: Sequence[str] | s
         parts = ()
     return Int8Options(method=method.lower(), prelu=prelu.lower(), keep_float=parts, per_channel=per_channel,
                        activations=activations.lower(), percentile=percentile,
-                       kept_float_weights=kept_weights.lower()).validate()
+                       kept_float_weights=kept_weights.lower(), calib_batch=int(calib_batch),
+                       reduce_range=_reduce_range(weight_bits)).validate()
+
+
+def _reduce_range(weight_bits: int) -> bool:
+    if int(weight_bits) not in (7, 8):
+        raise ExportError(f"int8 weight bits must be 7 (portable: no saturation on AVX2 x86) or 8, got {weight_bits}")
+    return int(weight_bits) == 7
 
 
 def save_model(model: Any, path: str | os.PathLike) -> None:
@@ -610,4 +938,5 @@ def save_model(model: Any, path: str | os.PathLike) -> None:
         os.fsync(f.fileno())
 
 
-__all__ += ["int8_options_from_cli", "save_model"]
+__all__ += ["int8_options_from_cli", "save_model", "LayerDamage", "MixedPrecisionResult", "PreprocessedImages",
+            "layer_sensitivity", "quantizable_layers", "search_mixed_precision"]

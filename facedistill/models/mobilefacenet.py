@@ -12,6 +12,12 @@ Naming quirks kept on purpose (they are what the checkpoints contain):
   (``features.layers.0`` 7x7 depthwise + BN, ``.2`` Linear without bias, ``.3`` BatchNorm1d);
 * group counts are hard-coded (64 for the stem depthwise conv, 128/256/512 expansion widths)
   and do *not* follow ``scale``, as in the original.
+
+``activation``: ``prelu`` (the original) or ``relu6``/``relu``. The ReLU6 variant is the design of
+public int8 MobileFaceNets: onnxruntime fuses Conv+Clip/Relu into QLinearConv, so every layer runs
+int8 back to back, while PReLU has no int8 kernel and costs extra ops between convs (see
+``facedistill/export/quantize.py`` and docs/deploy.md). Parameter names are unchanged; the variant
+simply has no PReLU weights.
 """
 
 from __future__ import annotations
@@ -26,8 +32,21 @@ __all__ = ["MobileFaceNet", "get_mbf"]
 _Pair = tuple[int, int]
 
 
+ACTIVATIONS = ("prelu", "relu6", "relu")
+
+
+def _activation(kind: str, channels: int) -> nn.Module:
+    if kind == "prelu":
+        return nn.PReLU(channels)
+    if kind == "relu6":
+        return nn.ReLU6(inplace=False)
+    if kind == "relu":
+        return nn.ReLU(inplace=False)
+    raise ValueError(f"MobileFaceNet activation must be one of {', '.join(ACTIVATIONS)}, got {kind!r}")
+
+
 class ConvBlock(nn.Module):
-    """Conv (no bias) + BN + PReLU."""
+    """Conv (no bias) + BN + activation (PReLU in the original)."""
 
     def __init__(
         self,
@@ -37,12 +56,13 @@ class ConvBlock(nn.Module):
         stride: _Pair = (1, 1),
         padding: _Pair = (0, 0),
         groups: int = 1,
+        activation: str = "prelu",
     ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False),
             nn.BatchNorm2d(out_c),
-            nn.PReLU(out_c),
+            _activation(activation, out_c),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,12 +103,14 @@ class DepthWise(nn.Module):
         stride: _Pair = (2, 2),
         padding: _Pair = (1, 1),
         groups: int = 1,
+        activation: str = "prelu",
     ) -> None:
         super().__init__()
         self.residual = residual
         self.layers = nn.Sequential(
-            ConvBlock(in_c, groups),
-            ConvBlock(groups, groups, kernel=kernel, stride=stride, padding=padding, groups=groups),
+            ConvBlock(in_c, groups, activation=activation),
+            ConvBlock(groups, groups, kernel=kernel, stride=stride, padding=padding, groups=groups,
+                      activation=activation),
             LinearBlock(groups, out_c),
         )
 
@@ -108,10 +130,11 @@ class Residual(nn.Module):
         kernel: _Pair = (3, 3),
         stride: _Pair = (1, 1),
         padding: _Pair = (1, 1),
+        activation: str = "prelu",
     ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            *[DepthWise(c, c, True, kernel, stride, padding, groups) for _ in range(num_block)]
+            *[DepthWise(c, c, True, kernel, stride, padding, groups, activation) for _ in range(num_block)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -144,30 +167,36 @@ class MobileFaceNet(nn.Module):
         num_features: int = 512,
         blocks: Sequence[int] = (1, 4, 6, 2),
         scale: int = 2,
+        activation: str = "prelu",
     ) -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"MobileFaceNet activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if len(blocks) != 4:
             raise ValueError(f"MobileFaceNet needs 4 block counts, got {tuple(blocks)}")
         del fp16
         self.scale = scale
+        self.activation = activation
+        act = activation
         c1, c2 = 64 * scale, 128 * scale
         self.layers = nn.ModuleList()
-        self.layers.append(ConvBlock(3, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1)))
+        self.layers.append(ConvBlock(3, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), activation=act))
         if blocks[0] == 1:
-            self.layers.append(ConvBlock(c1, c1, kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=64))
+            self.layers.append(ConvBlock(c1, c1, kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=64,
+                                         activation=act))
         else:
-            self.layers.append(Residual(c1, num_block=blocks[0], groups=128))
+            self.layers.append(Residual(c1, num_block=blocks[0], groups=128, activation=act))
         self.layers.extend(
             [
-                DepthWise(c1, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=128),
-                Residual(c1, num_block=blocks[1], groups=128),
-                DepthWise(c1, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=256),
-                Residual(c2, num_block=blocks[2], groups=256),
-                DepthWise(c2, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=512),
-                Residual(c2, num_block=blocks[3], groups=256),
+                DepthWise(c1, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=128, activation=act),
+                Residual(c1, num_block=blocks[1], groups=128, activation=act),
+                DepthWise(c1, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=256, activation=act),
+                Residual(c2, num_block=blocks[2], groups=256, activation=act),
+                DepthWise(c2, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=512, activation=act),
+                Residual(c2, num_block=blocks[3], groups=256, activation=act),
             ]
         )
-        self.conv_sep = ConvBlock(c2, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0))
+        self.conv_sep = ConvBlock(c2, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0), activation=act)
         self.features = GDC(num_features)
         self._initialize_weights()
 
@@ -193,6 +222,7 @@ def get_mbf(
     num_features: int = 512,
     blocks: Sequence[int] = (1, 4, 6, 2),
     scale: int = 2,
+    activation: str = "prelu",
 ) -> MobileFaceNet:
     """arcface_torch's ``get_mbf`` (its ``mbf`` config); embedding size ``num_features``."""
-    return MobileFaceNet(fp16, num_features, blocks, scale=scale)
+    return MobileFaceNet(fp16, num_features, blocks, scale=scale, activation=activation)

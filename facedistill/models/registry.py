@@ -39,6 +39,10 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     # same parameter names. About 4x cheaper to train on a CPU than mbf (scale 2), whose grouped
     # (not depthwise) convolutions are slow in PyTorch's CPU backward.
     "mobilefacenet_s": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1),
+    # ReLU6 instead of PReLU (same widths and parameter names, minus the PReLU slopes): the design of
+    # public int8 MobileFaceNets; every layer quantizes to a fused int8 conv (docs/deploy.md, int8).
+    "mobilefacenet_relu6": lambda emb: get_mbf(False, emb, activation="relu6"),
+    "mobilefacenet_s_relu6": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1, activation="relu6"),
 }
 
 # arcface_torch's config names (``network = "r50"``) map to the canonical names.
@@ -190,10 +194,12 @@ def infer_arch(state_dict: Mapping[str, Any]) -> tuple[str, int] | None:
                 return name, emb
         return None
     mbf = _mbf_config(state)
+    # the ReLU6 variants have no PReLU slopes (the stem's would be layers.0.layers.2.weight)
+    suffix = "" if "layers.0.layers.2.weight" in state else "_relu6"
     if mbf is not None and mbf == (_MBF_BLOCKS, _MBF_SCALE):
-        return "mobilefacenet", emb
+        return "mobilefacenet" + suffix, emb
     if mbf is not None and mbf == (_MBF_BLOCKS, 1):
-        return "mobilefacenet_s", emb
+        return "mobilefacenet_s" + suffix, emb
     return None
 
 

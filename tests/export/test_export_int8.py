@@ -15,10 +15,21 @@ from facedistill.export.quantize import (find_head_nodes, find_stem_nodes, int8_
                                          optimized_op_counts, quantize_int8, rewrite_prelu)
 
 
-@pytest.mark.parametrize("mode", ["relu", "linear"])
-def test_prelu_rewrites_are_exact(tiny_export, faces, mode):
+@pytest.mark.parametrize("mode", ["relu", "linear", "fused", "fused-steep"])
+def test_prelu_rewrites_are_exact(tiny_export, faces, mode, tmp_path):
     path, _ = tiny_export
     model = onnx.load(str(path))
+    if mode == "fused-steep":  # a slope > 1: "fused" is not exact there and falls back to "linear"
+        from onnx import numpy_helper
+
+        prelu = next(n for n in model.graph.node if n.op_type == "PRelu")
+        init = next(t for t in model.graph.initializer if t.name == prelu.input[1])
+        steep = numpy_helper.to_array(init).copy()
+        steep.flat[0] = 1.7
+        init.CopyFrom(numpy_helper.from_array(steep, init.name))
+        path = tmp_path / "steep.onnx"
+        onnx.save(model, str(path))
+        mode = "fused"
     n_prelu = sum(n.op_type == "PRelu" for n in model.graph.node)
     rewritten, count, mapping = rewrite_prelu(model, mode)
     assert count == n_prelu == len(mapping) == 4
@@ -48,7 +59,7 @@ def test_default_int8_graph(tiny_export, faces, tmp_path):
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
     res = quantize_int8(path, out, Preprocessing().apply(faces[:24]), Int8Options())
-    assert res.prelu_mode == "linear" and res.prelu_count == 4
+    assert res.prelu_mode == "fused" and res.prelu_count == 4
     ops = optimized_op_counts(out)
     assert ops.get("QLinearConv", 0) == 4, ops  # conv2, block.0, block.3, down
     assert "PRelu" not in ops and ops.get("QLinearMul", 0) == 0, ops
@@ -61,12 +72,12 @@ def test_default_int8_graph(tiny_export, faces, tmp_path):
 
 
 def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
-    """PReLUs quantized with the linear rewrite: onnxruntime runs QLinearMul/QLinearAdd, no PRelu."""
+    """PReLUs quantized with the fused rewrite: onnxruntime runs QLinearMul/QLinearAdd, no PRelu."""
     path, _ = tiny_export
     out = tmp_path / "q.onnx"
     calib = Preprocessing().apply(faces[:24])
     res = quantize_int8(onnx.load(str(path)), out, calib, Int8Options(keep_float=("stem", "head")))
-    assert res.prelu_mode == "linear" and res.prelu_count == 4
+    assert res.prelu_mode == "fused" and res.prelu_count == 4
     assert res.quantized_ops.get("QuantizeLinear", 0) > 0
     assert any("/stem" in n for n in res.excluded_nodes) and any("gdc" in n for n in res.excluded_nodes)
     ops = optimized_op_counts(out)
@@ -78,6 +89,11 @@ def test_int8_prelu_runs_int8_kernels(tiny_export, faces, tmp_path):
     y = run_onnx(ort_session(out), Preprocessing().apply(faces[24:40]))
     ref = run_onnx(ort_session(path), Preprocessing().apply(faces[24:40]))
     assert cosine_rows(ref, y).mean() > 0.98
+    # "linear" (s*x + (1-s)*relu(x)) leaves a requantizing DQ->Q pair per int8 PReLU, "fused" none
+    lin = tmp_path / "lin.onnx"
+    quantize_int8(onnx.load(str(path)), lin, calib, Int8Options(keep_float=("stem", "head"), prelu="linear"))
+    q_lin = optimized_op_counts(lin).get("QuantizeLinear", 0)
+    assert ops.get("QuantizeLinear", 0) + 3 <= q_lin, (ops, q_lin)
 
 
 def test_prelu_float_mode_keeps_prelu(tiny_export, faces, tmp_path):
@@ -116,6 +132,11 @@ def test_cli_options_parsing():
         int8_options_from_cli("minmax", "sigmoid", None)
     with pytest.raises(ExportError):
         int8_options_from_cli("minmax", "linear", None, activations="int4")
+    assert int8_options_from_cli("minmax", "fused", None).reduce_range  # 7-bit weights by default
+    assert not int8_options_from_cli("minmax", "fused", None, weight_bits=8).reduce_range
+    assert int8_options_from_cli("minmax", "fused", None).keep_float == ("auto",)
+    with pytest.raises(ExportError, match="weight bits"):
+        int8_options_from_cli("minmax", "fused", None, weight_bits=4)
 
 
 def test_export_int8_with_verify(tiny, tmp_path, train_set, pair_set):
@@ -131,9 +152,10 @@ def test_export_int8_with_verify(tiny, tmp_path, train_set, pair_set):
     assert a8.cosine_mean is not None and a8.cosine_mean >= 0.99
     assert a8.latency_ms_b1 > 0 and a32.latency_ms_b1 > 0
     assert a8.size_bytes < a32.size_bytes
-    assert report.calibration == {"source": str(train_set), "images": 32, "method": "minmax"}
+    assert report.calibration == {"source": str(train_set), "images": 32, "method": "minmax", "batch": 16,
+                                  "streamed": True}
     meta = read_metadata(a8.path)
-    assert meta["precision"] == "int8" and meta["int8_prelu"] == "linear"
+    assert meta["precision"] == "int8" and meta["int8_prelu"] == "fused"
     assert meta["int8_keep_float"] == "stem,head,depthwise,prelu"
     assert check_onnx(a8.path).digest_checked
     d = report.to_dict()
@@ -192,3 +214,117 @@ def test_other_calibration_methods(tiny_export, faces, tmp_path, method):
     y = run_onnx(ort_session(out), Preprocessing().apply(faces[16:24]))
     ref = run_onnx(ort_session(path), Preprocessing().apply(faces[16:24]))
     assert cosine_rows(ref, y).mean() > 0.95
+
+
+# ---- calibration that fits, mixed precision ---------------------------------------------------
+def test_streamed_calibration_feeds_one_batch_at_a_time(tiny_export, faces, tmp_path):
+    """The calibrator is driven one batch per collect (memory capped by the batch, not by N), the
+    uint8 images are preprocessed lazily, and a range cache replays the calibration without images."""
+    from facedistill.export.quantize import PreprocessedImages
+
+    path, _ = tiny_export
+    seen: list[int] = []
+    lazy = PreprocessedImages(faces[:40], Preprocessing().apply)
+    cache = tmp_path / "ranges.json"
+    res = quantize_int8(path, tmp_path / "a.onnx", lazy, Int8Options(method="percentile", calib_batch=8),
+                        progress=seen.append, calibration_cache=cache)
+    assert seen == [8, 8, 8, 8, 8] and res.calibration_images == 40
+    assert cache.is_file()
+    eager = quantize_int8(path, tmp_path / "b.onnx", Preprocessing().apply(faces[:40]),
+                          Int8Options(method="percentile", calib_batch=8))
+    assert eager.calibration_images == 40
+    x = Preprocessing().apply(faces[40:48])
+    ya, yb = run_onnx(ort_session(tmp_path / "a.onnx"), x), run_onnx(ort_session(tmp_path / "b.onnx"), x)
+    assert cosine_rows(ya, yb).min() > 0.9999  # lazy and eager images calibrate the same
+    replay = quantize_int8(path, tmp_path / "c.onnx", np.zeros((0, 3, 112, 112), np.float32),
+                           Int8Options(method="percentile"), calibration_cache=cache)
+    assert replay.calibration_images == 0
+    yc = run_onnx(ort_session(tmp_path / "c.onnx"), x)
+    assert cosine_rows(ya, yc).min() > 0.9999
+
+
+def test_calibration_images_spread_over_identities():
+    from facedistill.export.onnx_export import spread_over_identities
+
+    labels = np.array([0] * 60 + [1] * 3 + [2] * 2 + list(range(3, 20)) + [-1, -1])
+    idx = spread_over_identities(labels, 25, np.random.default_rng(0))
+    assert len(idx) == 25 and len(set(idx)) == 25 and np.all(np.diff(idx) > 0)
+    counts = np.unique(labels[idx], return_counts=True)[1]
+    assert counts.max() - counts.min() <= 1  # round-robin: no identity gets two before all got one
+    assert len(spread_over_identities(labels, 1000, np.random.default_rng(0))) == len(labels)
+
+
+def test_mixed_precision_keeps_the_most_damaging_layers_float(tiny_export, faces, tmp_path):
+    from facedistill.export.quantize import layer_sensitivity, quantizable_layers, search_mixed_precision
+
+    path, _ = tiny_export
+    calib = Preprocessing().apply(faces[:24])
+    probe = Preprocessing().apply(faces[24:40])
+    opts = Int8Options(keep_float=())  # all int8: the hardest case
+    layers = quantizable_layers(path, opts)
+    assert len(layers) >= 5 and all(layer[0] for layer in layers)
+    damage = layer_sensitivity(path, calib, probe, opts)
+    assert [d.cosine for d in damage] == sorted(d.cosine for d in damage)
+    assert {tuple(d.nodes) for d in damage} == {tuple(layer) for layer in layers}
+    plain = tmp_path / "plain.onnx"
+    quantize_int8(path, plain, calib, opts)
+    ref = run_onnx(ort_session(path), probe)
+    plain_cos = float(cosine_rows(ref, run_onnx(ort_session(plain), probe)).mean())
+    target = plain_cos + (1 - plain_cos) * 0.5
+    res = search_mixed_precision(path, tmp_path / "mixed.onnx", calib, probe, opts, target_cosine=target)
+    assert res.passed and 1 <= len(res.kept_float_layers) <= len(layers)
+    got = float(cosine_rows(ref, run_onnx(ort_session(tmp_path / "mixed.onnx"), probe)).mean())
+    assert got == pytest.approx(res.cosine, abs=1e-4) and got >= target
+    assert res.kept_float_layers == [d.nodes for d in damage[:len(res.kept_float_layers)]]
+    # fewest: one layer fewer (the next smaller try) misses the target
+    k = len(res.kept_float_layers)
+    assert all(t["cosine"] < target for t in res.tries if t["float_layers"] < k)
+
+
+def test_export_falls_back_to_mixed_precision(tiny, tmp_path, train_set):
+    """Plain int8 fails the gate; the default path keeps the fewest layers float, passes, and says
+    which layers and what they cost."""
+    out = tmp_path / "s.onnx"
+    opts = Int8Options(keep_float=())
+    with pytest.raises(ExportGateError):
+        export_model(None, out, loaded=tiny, int8=True, calib=train_set, calib_images=24, parity_images=16,
+                     latency=False, int8_options=opts, int8_mixed=False, int8_min_cosine=0.9999)
+    probe = export_model(None, out, loaded=tiny, int8=True, calib=train_set, calib_images=24, parity_images=16,
+                         latency=False, int8_options=opts, int8_min_cosine=0.0)
+    plain = probe.artifact("int8").cosine_mean
+    gate = round(plain + (1 - plain) * 0.4, 4)
+    report = export_model(None, out, loaded=tiny, int8=True, calib=train_set, calib_images=24, parity_images=16,
+                          latency=False, int8_options=opts, int8_min_cosine=gate)
+    assert report.passed, report.failure
+    mp = report.int8["mixed_precision"]
+    assert mp["kept_float_layers"] and mp["plain_failure"]
+    assert report.artifact("int8").cosine_mean >= gate
+    assert any("mixed precision kept" in n for n in report.notes)
+    meta = read_metadata(report.artifact("int8").path)
+    assert meta["int8_mixed_float_layers"] == ",".join(layer[0] for layer in mp["kept_float_layers"])
+
+
+def test_auto_keep_float_quantizes_a_relu6_network_entirely(tiny_export, faces, tmp_path):
+    """`auto`: stem/head/depthwise/PReLU float only in a PReLU network; a ReLU6 one goes all int8
+    (every conv, the depthwise ones included, becomes a QLinearConv with the Clip fused)."""
+    from torch import nn
+
+    from export_helpers import settle_bn
+    from facedistill.export.onnx_export import torch_to_onnx
+
+    import torch
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 8, 3, 2, 1, groups=8, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+                        nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 8))
+    src = torch_to_onnx(settle_bn(net, faces), opset=17)
+    calib = Preprocessing().apply(faces[:16])
+    res = quantize_int8(src, tmp_path / "r6.onnx", calib, Int8Options())
+    assert res.keep_float == [] and res.excluded_nodes == []
+    ops = optimized_op_counts(tmp_path / "r6.onnx")
+    assert ops.get("QLinearConv", 0) == 3 and "Conv" not in ops and "Clip" not in ops, ops
+    path, _ = tiny_export
+    prelu = quantize_int8(path, tmp_path / "p.onnx", calib, Int8Options())
+    assert prelu.keep_float == ["stem", "head", "depthwise", "prelu"]

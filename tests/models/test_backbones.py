@@ -251,3 +251,21 @@ def test_load_state_dict_file_errors(tmp_path: Path) -> None:
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "meta.pt")
     with pytest.raises(CheckpointError, match="non-tensor entries"):
         load_state_dict_file(tmp_path / "meta.pt")
+
+
+def test_mobilefacenet_relu6_variant() -> None:
+    """Same widths and parameter names as the PReLU MobileFaceNet minus the slopes; ReLU6 everywhere
+    (what quantizes to fused int8 convs); a bare state dict is recognised as the variant."""
+    prelu = create_backbone("mobilefacenet_s", embedding_size=8)
+    relu6 = create_backbone("mobilefacenet_s_relu6", embedding_size=8)
+    assert not any(isinstance(m, torch.nn.PReLU) for m in relu6.modules())
+    assert sum(isinstance(m, torch.nn.ReLU6) for m in relu6.modules()) == \
+        sum(isinstance(m, torch.nn.PReLU) for m in prelu.modules())
+    slopes = {k for k, v in prelu.state_dict().items() if k not in relu6.state_dict()}
+    assert slopes and all(prelu.state_dict()[k].dim() == 1 for k in slopes)
+    assert infer_arch(relu6.state_dict()) == ("mobilefacenet_s_relu6", 8)
+    assert infer_arch(create_backbone("mobilefacenet_relu6", embedding_size=8).state_dict()) == \
+        ("mobilefacenet_relu6", 8)
+    relu6.eval()
+    with torch.no_grad():
+        assert relu6(torch.randn(2, 3, 112, 112)).shape == (2, 8)

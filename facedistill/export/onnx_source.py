@@ -1,0 +1,219 @@
+"""int8 export of an ONNX face model trained elsewhere (SFace, an insightface/arcface export, a
+MobileFaceNet from another project): ``facedistill export model.onnx --out m.int8.onnx --int8
+--calib SET [--verify SET]``.
+
+The same quantizer, gates and mixed-precision fallback as our own students
+(:func:`facedistill.export.onnx_export.int8_stage`); what differs is how the fp32 graph arrives:
+
+* preprocessing comes from flags (``mean``/``std``/``channel_order``) or, when the file carries
+  facedistill metadata, from it; neither: refused (a guessed normalisation would calibrate on the
+  wrong input range and the gate would then blame the quantizer);
+* an opset above what onnxruntime's static quantizer handles (SFace ships opset 21) is converted
+  down with ``onnx.version_converter``, and a fixed batch axis (SFace: 1) is made dynamic when the
+  graph gives the same embeddings that way -- both checked against the original file on real faces
+  (worst cosine >= 0.9999) before anything is quantized;
+* the output file gets our metadata (architecture from the source metadata or ``onnx:<file stem>``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facedistill.data.preprocessing import Preprocessing
+from facedistill.errors import ExportError
+from facedistill.export.quantize import MAX_INT8_OPSET, Int8Options
+
+__all__ = ["export_onnx_int8", "load_onnx_source", "onnx_source_preprocessing"]
+
+CONVERT_TO_OPSET = 17
+
+
+def onnx_source_preprocessing(meta: dict[str, str], mean: Any = None, std: Any = None,
+                              channel_order: str | None = None, input_size: int = 112) -> tuple[Preprocessing, str]:
+    """Preprocessing of a foreign model: flags win, then facedistill metadata; (pre, where from)."""
+    if mean is None and std is None and channel_order is None:
+        if "mean" in meta and "std" in meta:
+            return Preprocessing.from_metadata(meta, source="model"), "the model's facedistill metadata"
+        raise ExportError("this ONNX model has no facedistill metadata, so its input normalisation is unknown: "
+                          "give --mean, --std and --channel-order (SFace: --mean 0 --std 1 --channel-order RGB; "
+                          "insightface arcface models: --mean 127.5 --std 127.5 --channel-order RGB)")
+    base = Preprocessing.from_metadata(meta, source="model") if "mean" in meta and "std" in meta else Preprocessing()
+    pre = Preprocessing(mean=base.mean if mean is None else mean, std=base.std if std is None else std,
+                        channel_order=channel_order or base.channel_order, input_size=input_size)
+    return pre, "flags"
+
+
+def _one_io(model: Any, path: Path) -> tuple[Any, Any]:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise ExportError(f"{path}: a face model has one image input and one embedding output; this one has "
+                          f"{len(inputs)} inputs and {len(model.graph.output)} outputs")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
+        raise ExportError(f"{path}: the input must be N x 3 x H x W (NCHW images), got "
+                          f"{[d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims]}")
+    return inputs[0], model.graph.output[0]
+
+
+def load_onnx_source(path: str | os.PathLike, notes: list[str]) -> tuple[Any, int]:
+    """The foreign model, ready to quantize: opset <= 20, dynamic batch when possible, no metadata.
+    Returns (model, input size). The caller checks it against the original on real images."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise ExportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    inp, _ = _one_io(model, path)
+    dims = inp.type.tensor_type.shape.dim
+    size = dims[2].dim_value if dims[2].HasField("dim_value") else 112
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if opset > MAX_INT8_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, CONVERT_TO_OPSET)
+        except Exception as e:
+            raise ExportError(f"{path} has opset {opset}; onnxruntime's static quantizer needs <= {MAX_INT8_OPSET} "
+                              f"and converting it to {CONVERT_TO_OPSET} failed: {type(e).__name__}: {e}") from e
+        notes.append(f"source opset {opset} converted to {CONVERT_TO_OPSET} for the int8 quantizer")
+    inp, out = _one_io(model, path)
+    if inp.type.tensor_type.shape.dim[0].HasField("dim_value"):
+        fixed = inp.type.tensor_type.shape.dim[0].dim_value
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        for t in (trial.graph.input[[i.name for i in trial.graph.input].index(inp.name)], trial.graph.output[0]):
+            if len(t.type.tensor_type.shape.dim):
+                t.type.tensor_type.shape.dim[0].dim_param = "batch"
+        del trial.graph.value_info[:]
+        if _batch_works(trial, size):
+            model = trial
+            notes.append(f"source batch axis fixed at {fixed}: made dynamic (same embeddings per image)")
+        else:
+            notes.append(f"source batch axis fixed at {fixed} and it cannot be made dynamic: kept fixed")
+    del model.metadata_props[:]
+    return model, int(size)
+
+
+def _batch_works(model: Any, size: int) -> bool:
+    import onnxruntime as ort
+
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).uniform(0, 1, (3, 3, size, size)).astype(np.float32)
+        name = sess.get_inputs()[0].name
+        y = np.asarray(sess.run(None, {name: x})[0])
+        y1 = np.concatenate([np.asarray(sess.run(None, {name: x[i:i + 1]})[0]) for i in range(3)])
+        return y.shape[0] == 3 and bool(np.allclose(y, y1, rtol=1e-3, atol=1e-4))
+    except Exception:
+        return False
+
+
+def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib: str | os.PathLike | None,
+                     calib_images: int, int8_options: Int8Options | None = None, verify: Any = None,
+                     parity_images: int = 64, min_cosine: float = 0.99, max_drop: float = 0.5,
+                     mean: Any = None, std: Any = None, channel_order: str | None = None,
+                     latency: bool = True, latency_threads: int = 1, keep_rejected: bool = False,
+                     int8_mixed: bool = True, seed: int = 0, progress: Any = None) -> Any:
+    """Quantize the fp32 ONNX face model ``source`` to ``out`` (int8 QDQ) with the export gates.
+
+    Returns an :class:`~facedistill.export.onnx_export.ExportReport` whose ``fp32`` artifact is the
+    source file (its cosine: the prepared graph against the original) and whose ``int8`` artifact is
+    ``out``. Raises :class:`~facedistill.export.onnx_export.ExportGateError` when a gate fails."""
+    import onnx
+
+    from facedistill.export.metadata import read_metadata
+    from facedistill.export.onnx_export import (ArtifactReport, ExportGateError, ExportReport, _check_writable,
+                                                _gather_images, _say, int8_stage, quick_latency_ms)
+    from facedistill.export.parity import compare_embeddings, ort_session, run_onnx
+
+    start = time.time()
+    source, out = Path(source), Path(out)
+    if out.resolve() == source.resolve():
+        raise ExportError(f"--out {out} is the source model; give another file name (e.g. {source.stem}.int8.onnx)")
+    if out.exists() and out.is_dir():
+        raise ExportError(f"--out {out} is a folder; give a file name such as {out / (source.stem + '.int8.onnx')}")
+    if calib is None:
+        raise ExportError("quantizing an ONNX model needs --calib: a prepared set of face images like the "
+                          "deployment's (e.g. `facedistill prepare folder ...`)")
+    if calib_images < 1:
+        raise ExportError(f"--calib-images must be >= 1, got {calib_images}")
+    opts = (int8_options or Int8Options()).validate()
+    _check_writable(out.parent if str(out.parent) else Path("."))
+    notes: list[str] = []
+    meta = read_metadata(source) if source.is_file() else {}
+    _say(progress, f"loading {source}")
+    model, size = load_onnx_source(source, notes)
+    pre, pre_from = onnx_source_preprocessing(meta, mean, std, channel_order, input_size=size)
+    notes.append(f"preprocessing from {pre_from}: mean {pre.mean}, std {pre.std}, {pre.channel_order}")
+    imgs = _gather_images(calib, verify, True, calib_images, parity_images, seed, notes)
+    x_parity = pre.apply(imgs.parity)
+    orig = run_onnx(ort_session(source), x_parity)
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    dynamic = not model.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    report = ExportReport(
+        source=str(source), arch=meta.get("architecture") or f"onnx:{source.stem}", embedding_size=int(orig.shape[1]),
+        opset=opset, batch="dynamic" if dynamic else "fixed", simplified=False, preprocessing=pre.to_dict(),
+        thresholds={"int8_min_mean_cosine": min_cosine, "int8_max_accuracy_drop_points": max_drop}, notes=notes,
+        parity_source=imgs.parity_source)
+
+    def fail(message: str) -> ExportGateError:
+        report.failure = message
+        report.passed = False
+        report.seconds = round(time.time() - start, 2)
+        return ExportGateError(message, report)
+
+    with tempfile.TemporaryDirectory(prefix="facedistill-onnx-src-") as tmp:
+        fp32_path = Path(tmp) / f"{source.stem}.fp32.onnx"
+        onnx.save(model, str(fp32_path))
+        ref = run_onnx(ort_session(fp32_path), x_parity)
+        par = compare_embeddings(orig, ref, 0.9999, "worst")
+        fp32_art = ArtifactReport(precision="fp32", path=str(source), written=True, reference="source",
+                                  gate="worst cosine >= 0.9999 (prepared graph vs source)",
+                                  cosine_worst=round(par.worst, 7), cosine_mean=round(par.mean, 7),
+                                  cosine_images=par.images, passed=par.passed,
+                                  size_bytes=os.path.getsize(source))
+        report.artifacts.append(fp32_art)
+        if not par.passed:
+            raise fail(f"preparing {source} for int8 (opset conversion / dynamic batch) changed its embeddings: "
+                       f"worst cosine {par.worst:.6f} < 0.9999; nothing was written")
+        base_meta = dict(arch=report.arch, embedding_size=report.embedding_size, preprocessing=pre,
+                         recipe_hash=meta.get("recipe_hash", ""))
+        source_extra = {"source": source.name, "opset": opset, "batch": report.batch,
+                        "source_sha256_prefix": _sha_prefix(source)}
+        _say(progress, "quantizing")
+        int8_stage(report, model, fp32_path, ref, x_parity, imgs, pre, opts, base_meta, source_extra,
+                   verify=verify, min_cosine=min_cosine, max_drop=max_drop, keep_rejected=keep_rejected,
+                   mixed=int8_mixed, fail=fail, progress=progress, int8_path=out)
+        if latency:
+            fp32_art.latency_ms_b1 = round(quick_latency_ms(fp32_path, size, threads=latency_threads), 3)
+            fp32_art.latency_threads = latency_threads
+    if latency:
+        a8 = report.artifact("int8")
+        a8.latency_ms_b1 = round(quick_latency_ms(a8.path, size, threads=latency_threads), 3)
+        a8.latency_threads = latency_threads
+    report.passed = all(a.passed for a in report.artifacts)
+    report.seconds = round(time.time() - start, 2)
+    return report
+
+
+def _sha_prefix(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
