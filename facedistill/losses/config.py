@@ -69,8 +69,16 @@ class RPSDConfig:
         return hard + self.student_negatives + self.mismatch_k
 
     def effective_warmup_entries(self) -> int:
-        """Bank entries needed before RPSD switches on (``warmup_entries``, else the bank quota)."""
-        return self.bank_quota() if self.warmup_entries is None else self.warmup_entries
+        """Bank entries needed before RPSD switches on (``warmup_entries``, else the bank quota).
+
+        With split quotas a ``k_bank`` above ``bank_size`` means "every bank anchor": the warm-up is
+        then capped at the bank size (the joint ``hard_negatives`` keeps its strict check).
+        """
+        if self.warmup_entries is not None:
+            return self.warmup_entries
+        if self.split_quotas:
+            return min(self.bank_quota(), self.bank_size)
+        return self.hard_negatives
 
 
 @dataclass

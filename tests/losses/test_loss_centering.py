@@ -165,9 +165,16 @@ def test_student_pair_cos_shows_a_collapse():
     (DistillConfig(rpsd=RPSDConfig(k_bank=8, k_batch=-1)), "loss.distill.rpsd.k_batch"),
     (DistillConfig(rpsd=RPSDConfig(k_bank=8, k_batch=8, use_bank=False)), "loss.distill.rpsd.k_bank"),
     (DistillConfig(rpsd=RPSDConfig(student_negatives=-2)), "loss.distill.rpsd.student_negatives"),
-    (DistillConfig(rpsd=RPSDConfig(bank_size=16, k_bank=32, k_batch=0)), "loss.distill.rpsd.k_bank"),
+    (DistillConfig(rpsd=RPSDConfig(bank_size=16, k_bank=8, k_batch=0, warmup_entries=32)),
+     "loss.distill.rpsd.warmup_entries"),
 ])
 def test_new_keys_are_validated(cfg, key):
     with pytest.raises(RecipeError) as exc:
         cfg.validate()
     assert str(exc.value).startswith(key)
+
+
+def test_k_bank_above_the_bank_size_takes_every_bank_anchor():
+    cfg = RPSDConfig(bank_size=16, k_bank=128, k_batch=4)
+    DistillConfig(rpsd=cfg).validate()
+    assert cfg.effective_warmup_entries() == 16
