@@ -90,6 +90,15 @@ class Batch:
     size: int  # images on this rank
 
 
+def _plain(value: Any) -> Any:
+    """Recipe values (dataclasses such as a TrainSource) as plain data for the data layer."""
+    import dataclasses
+
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
 def train(recipe: Recipe, resume: bool = False, monitor: Monitor | None = None) -> RunResult:
     """Train the recipe's student; returns the run folder and its summary."""
     return Trainer(recipe, monitor).run(resume=resume)
@@ -150,8 +159,11 @@ class Trainer:
         ddp.barrier()
 
     def build_data(self) -> None:
+        """The training set (one packed set, or several sources mixed) and the validation pairs."""
+        from facedistill.data.multisource import open_train_set
+
         cfg = self.cfg
-        self.train_set = PackedDataset(cfg.data.train)
+        self.train_set = open_train_set(_plain(cfg.data.train))
         if len(self.train_set) < cfg.data.batch_size * self.dist.world_size:
             raise RecipeError(f"{cfg.source}: `data.batch_size` {cfg.data.batch_size} is larger than the "
                               f"training set ({len(self.train_set)} images in {cfg.data.train})")
@@ -173,14 +185,29 @@ class Trainer:
             return
         from facedistill.engine.teacher_cache import load_or_build
 
+        def cache_of(source: PackedDataset, advance=None) -> np.ndarray:
+            cache, cache_file, built = load_or_build(source, self.teacher, cfg.teacher.batch_size, advance)
+            if advance is not None:
+                self.monitor.message(f"teacher cache {'built' if built else 'reused'}: {cache_file}")
+            return cache
+
+        def build_all(advance=None) -> np.ndarray:
+            # one cache per source, beside its data: every mix of that source reuses it
+            if isinstance(self.train_set, PackedDataset):
+                return cache_of(self.train_set, advance)
+            return self.train_set.combine_per_source(lambda source: cache_of(source, advance))
+
         if self.dist.is_main:
-            with self.monitor.phase("teacher embeddings (cached once)", len(self.train_set)) as advance:
-                self.teacher_cache, cache_file, built = load_or_build(self.train_set, self.teacher,
-                                                                      cfg.teacher.batch_size, advance)
-            self.monitor.message(f"teacher cache {'built' if built else 'reused'}: {cache_file}")
+            with self.monitor.phase("teacher embeddings (cached once)", self._cache_work()) as advance:
+                self.teacher_cache = build_all(advance)
         ddp.barrier()
         if not self.dist.is_main:
-            self.teacher_cache, _, _ = load_or_build(self.train_set, self.teacher, cfg.teacher.batch_size)
+            self.teacher_cache = build_all()
+
+    def _cache_work(self) -> int:
+        """Images the teacher cache covers (a mixed set caches whole sources, filtered rows too)."""
+        sources = getattr(self.train_set, "sources", None)
+        return sum(len(s) for s in sources) if sources else len(self.train_set)
 
     def build_model(self) -> None:
         """Student, margin head, projector and objective, created in a seeded order."""
@@ -230,6 +257,14 @@ class Trainer:
                                                          self.steps_per_epoch)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.autocast_dtype = torch.float16 if self.use_amp else None
+        if self.device.type == "cpu":
+            from facedistill.bench.sysinfo import resolve_precision
+
+            self.precision = resolve_precision(cfg.train.precision, "cpu")
+            self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
+        else:
+            self.precision = "fp16-amp" if self.use_amp else "fp32"
 
     def build_forward(self) -> None:
         """What the loop calls: the module, wrapped for DDP and compiled when the recipe asks."""
@@ -290,10 +325,16 @@ class Trainer:
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """(uint8 images, labels, dataset indices) from the current step to the last, epoch by epoch."""
         cfg = self.cfg
+        from facedistill.data.multisource import MultiSourceDataset, SourceMixBatches
+
         while self.step < self.total_steps:
             epoch, start_batch = divmod(self.step, self.steps_per_epoch)
-            sampler = EpochBatches(len(self.train_set), cfg.data.batch_size, cfg.train.seed, epoch, start_batch,
-                                   self.dist.rank, self.dist.world_size)
+            if isinstance(self.train_set, MultiSourceDataset):  # each source drawn at its weight
+                sampler = SourceMixBatches(self.train_set, cfg.data.batch_size, cfg.train.seed, epoch, start_batch,
+                                           self.dist.rank, self.dist.world_size)
+            else:
+                sampler = EpochBatches(len(self.train_set), cfg.data.batch_size, cfg.train.seed, epoch, start_batch,
+                                       self.dist.rank, self.dist.world_size)
             loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.data.workers,
                                                  pin_memory=self.device.type == "cuda")
             for batch in loader:
@@ -319,7 +360,8 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """Forward, check, backward, update; returns the step's metrics row."""
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
             out = self.forward(batch.x, batch.labels, batch.teacher_emb, self.step)
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -457,6 +499,8 @@ class Trainer:
             "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
             "train_images": len(self.train_set),
+            "train_sources": self.train_set.describe() if hasattr(self.train_set, "describe") else None,
+            "precision": self.precision,
             # Across sessions when resumed (time lost after a crash's last checkpoint is not counted).
             "wall_time_s": round(self.wall_before + wall, 2),
             "session_wall_time_s": round(wall, 2),

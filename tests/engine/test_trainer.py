@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -177,3 +178,21 @@ def test_ddp_two_cpu_processes(tmp_path, tiny_synthetic, teacher_ckpt):
     assert p.returncode == 0, p.stdout + p.stderr
     summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4  # 32 images / (4 x 2 ranks)
+
+
+def test_two_training_sources_keep_identities_apart_and_share_caches(tmp_path, tiny_synthetic, teacher_ckpt):
+    """data.train as a list: labels offset per source, one teacher cache per source, weights honoured."""
+    train_dir = str(tiny_synthetic / "train")
+    over = {**distill_args(teacher_ckpt), "train.epochs": 1, "loss.distill.type": "l2",
+            "data.train": [{"path": train_dir, "weight": 0.75}, {"path": train_dir, "name": "again", "weight": 0.25}],
+            "train.precision": "fp32"}
+    recipe = load_recipe(make_recipe(tmp_path, tiny_synthetic, "multi", **over))
+    result = train(recipe)
+    s = result.summary
+    assert s["train_images"] == 64 and s["precision"] == "fp32"
+    first, second = s["train_sources"]
+    assert second["name"] == "again" and second["label_offset"] == first["identities"] == 8
+    assert second["weight"] == 0.25
+    assert s["steps"] == 8  # 64 draws an epoch / batch 8, drawn 3:1 from the two sources
+    rows = [json.loads(l) for l in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["loss_margin"]) and math.isfinite(r["loss_l2"]) for r in rows)
