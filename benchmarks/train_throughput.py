@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-batches", default="32,64,128", help="batch sizes for the fast torch embedder")
     ap.add_argument("--no-train", action="store_true")
     ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--no-keep-memory", action="store_true",
+                    help="leave glibc's malloc thresholds alone (facedistill.utils.memory.keep_freed_memory)")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run: batch 8, 1 round, 1 step, 16 images")
     ap.add_argument("--json", dest="json_out", default=None)
     args = ap.parse_args(argv)
@@ -218,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from facedistill.utils.memory import keep_freed_memory
+
+    kept = False if args.no_keep_memory else keep_freed_memory()
     info = machine_info()
     busy = contention_warning(info)
     bf16_ok, bf16_why = cpu_bf16_support()
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": {k: info.get(k) for k in ("cpu_model", "usable_cpus", "load_average_1m")},
                               "torch": torch.__version__, "arch": args.arch, "embedding_size": args.embedding_size,
                               "batch": args.batch, "rounds": args.rounds, "steps_per_round": args.steps,
-                              "bf16_native": bf16_ok, "bf16_reason": bf16_why, "contention": busy, "train": {},
+                              "bf16_native": bf16_ok, "bf16_reason": bf16_why, "keep_freed_memory": kept, "contention": busy, "train": {},
                               "eval": {}, "notes": []}
     print(f"{info.get('cpu_model')}, {info.get('usable_cpus')} usable CPUs, torch {torch.__version__}; "
           f"load average {info.get('load_average_1m')}")
