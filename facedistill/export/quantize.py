@@ -847,7 +847,8 @@ def layer_sensitivity(fp32_model: Any, calib_inputs: Any, probe: np.ndarray, opt
 
 def search_mixed_precision(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: Any, probe: np.ndarray,
                            options: Int8Options | None = None, target_cosine: float = 0.99,
-                           progress: Callable[[str], None] | None = None) -> MixedPrecisionResult:
+                           progress: Callable[[str], None] | None = None,
+                           layers: list[LayerDamage] | None = None) -> MixedPrecisionResult:
     """Keep the fewest layers float that bring the int8 model's mean probe cosine to fp32 up to
     ``target_cosine``: rank the layers by :func:`layer_sensitivity`, then keep the top k float with
     k = 1, 2, 4, ... until the target is met and bisect down to the smallest such k. The best model
@@ -868,7 +869,8 @@ def search_mixed_precision(fp32_model: Any, out_path: str | os.PathLike, calib_i
         fp32_path = os.path.join(tmp, "fp32.onnx")
         onnx.save(model, fp32_path)
         ref = _embed(fp32_path, probe)
-        layers = layer_sensitivity(model, calib_inputs, probe, opts, calibration_cache=cache, progress=progress)
+        if layers is None:  # a caller raising its target reuses the ranking it already has
+            layers = layer_sensitivity(model, calib_inputs, probe, opts, calibration_cache=cache, progress=progress)
         tries: dict[int, float] = {}
 
         def attempt(k: int) -> float:
