@@ -738,6 +738,7 @@ def export_model(
     return report
 
 
+MIXED_ROUNDS = 4  # raise the probe target (halving the distance to 1) at most this many times
 MIXED_COSINE_MARGIN = 0.002  # the mixed-precision search aims this far above the gate (its probe images
                              # are not the gate's; a margin keeps a borderline pick from failing there)
 
@@ -823,11 +824,20 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
                 target = min(0.9999, min_cosine + MIXED_COSINE_MARGIN)
                 _say(progress, f"plain int8 failed its gate ({'; '.join(problems)}); measuring each layer's int8 "
                                f"damage to keep the fewest float (target probe cosine {target:.4f})")
-                mres = search_mixed_precision(quant_source, tmp, x_calib, probe, opts, target_cosine=target,
-                                              progress=progress)
-                par = compare_embeddings(ref_onnx, run_onnx(ort_session(tmp), x_parity), min_cosine, "mean")
-                problems = _gate_problems(art, par, min_cosine, report, fp32_path, tmp, verify, imgs, pre,
-                                          max_drop, fp32_art, progress)
+                ranked = None
+                for _round in range(MIXED_ROUNDS):
+                    mres = search_mixed_precision(quant_source, tmp, x_calib, probe, opts, target_cosine=target,
+                                                  progress=progress, layers=ranked)
+                    ranked = mres.layers
+                    par = compare_embeddings(ref_onnx, run_onnx(ort_session(tmp), x_parity), min_cosine, "mean")
+                    problems = _gate_problems(art, par, min_cosine, report, fp32_path, tmp, verify, imgs, pre,
+                                              max_drop, fp32_art, progress)
+                    if not problems or not mres.passed or target >= 0.9999:
+                        break
+                    # the probe passed but the gate's images did not: aim higher, same ranking
+                    target = min(0.9999, target + (1.0 - target) / 2)
+                    _say(progress, f"mixed precision passed its probe but not the gate ({'; '.join(problems)}); "
+                                   f"raising the probe target to {target:.4f}")
                 mixed_size, mixed_ms = os.path.getsize(tmp), quick_latency_ms(tmp, int(pre.input_size))
             finally:
                 _unlink(plain)

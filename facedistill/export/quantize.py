@@ -630,12 +630,13 @@ def _prepare(fp32_model: Any, opts: Int8Options, tmp: str) -> _Prepared:
 
 QUANTIZABLE_LAYER_OPS = ("Conv", "Gemm", "MatMul")
 _ACTIVATION_OPS = ("PRelu", "Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSwish")
+_STREAM_OPS = ("Add", "Sum", "Concat")
 
 
 def quantizable_layers(fp32_model: Any, options: Int8Options | None = None) -> list[list[str]]:
     """The layers :func:`quantize_int8` would put in int8 with ``options``, as groups of node names
     of the pre-processed graph (what ``keep_float`` accepts): each Conv/Gemm/MatMul with the
-    activation right after it. Layers already kept float by ``options.keep_float`` are left out.
+    activation right after it, and each residual Add/Concat. Layers already kept float by ``options.keep_float`` are left out.
     These are the units of the sensitivity analysis (:func:`layer_sensitivity`)."""
     opts = (options or Int8Options()).validate()
     with tempfile.TemporaryDirectory(prefix="facedistill-int8-") as tmp:
@@ -659,6 +660,12 @@ def _layers(prep: _Prepared) -> list[list[str]]:
             if nxt.op_type in _ACTIVATION_OPS and len(cons.get(node.output[0], [])) == 1:
                 group.append(nxt.name)
         out.append(group)
+    # the residual stream: an int8 Add quantizes the sum again; in MobileFaceNet these re-quantizations
+    # of the block outputs were the damage left when every conv was float (cosine 0.985 on the tiny
+    # quickstart student), so they are units of their own
+    for node in model.graph.node:
+        if node.op_type in _STREAM_OPS and node.name not in excluded:
+            out.append([node.name])
     return out
 
 
@@ -840,7 +847,8 @@ def layer_sensitivity(fp32_model: Any, calib_inputs: Any, probe: np.ndarray, opt
 
 def search_mixed_precision(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: Any, probe: np.ndarray,
                            options: Int8Options | None = None, target_cosine: float = 0.99,
-                           progress: Callable[[str], None] | None = None) -> MixedPrecisionResult:
+                           progress: Callable[[str], None] | None = None,
+                           layers: list[LayerDamage] | None = None) -> MixedPrecisionResult:
     """Keep the fewest layers float that bring the int8 model's mean probe cosine to fp32 up to
     ``target_cosine``: rank the layers by :func:`layer_sensitivity`, then keep the top k float with
     k = 1, 2, 4, ... until the target is met and bisect down to the smallest such k. The best model
@@ -861,7 +869,8 @@ def search_mixed_precision(fp32_model: Any, out_path: str | os.PathLike, calib_i
         fp32_path = os.path.join(tmp, "fp32.onnx")
         onnx.save(model, fp32_path)
         ref = _embed(fp32_path, probe)
-        layers = layer_sensitivity(model, calib_inputs, probe, opts, calibration_cache=cache, progress=progress)
+        if layers is None:  # a caller raising its target reuses the ranking it already has
+            layers = layer_sensitivity(model, calib_inputs, probe, opts, calibration_cache=cache, progress=progress)
         tries: dict[int, float] = {}
 
         def attempt(k: int) -> float:
