@@ -191,25 +191,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _latency_b8(paths: dict[str, str], rounds: int, runs: int) -> dict[str, float]:
-    """Batch-8 median latency (ms), interleaved rounds."""
-    import time
+    """Batch-8 median latency (ms), interleaved rounds (int8_speed.py's timer)."""
+    from int8_speed import time_all
 
-    from facedistill.export.parity import ort_session
-
-    sessions = {n: ort_session(p, threads=1) for n, p in paths.items()}
-    x = np.random.default_rng(0).standard_normal((8, 3, 112, 112)).astype(np.float32)
-    times: dict[str, list[float]] = {n: [] for n in sessions}
-    for s in sessions.values():
-        s.run(None, {s.get_inputs()[0].name: x})
-    names = list(sessions)
-    for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            s = sessions[n]
-            for _ in range(runs):
-                t = time.perf_counter()
-                s.run(None, {s.get_inputs()[0].name: x})
-                times[n].append(time.perf_counter() - t)
-    return {n: float(np.median(t) * 1e3) for n, t in times.items()}
+    return time_all(paths, 8, rounds, runs)
 
 
 if __name__ == "__main__":
