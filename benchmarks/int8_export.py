@@ -77,16 +77,9 @@ def load_student(model: str | None, arch: str, seed: int, settle_images: np.ndar
     net = create_backbone(arch, 512)
     # BatchNorm statistics from real-looking faces, as training would leave them, so activation ranges
     # (what int8 calibration sees) are not those of an untouched init.
-    x = torch.from_numpy(((settle_images.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy())
-    for m in net.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None
-    net.train()
-    with torch.no_grad():
-        for i in range(0, len(x), 32):
-            net(x[i:i + 32])
-    net.eval()
+    from int8_speed import settle
+
+    net = settle(net, settle_images)
     return LoadedBackbone(model=net, arch=arch, embedding_size=512, source=Path(f"<random {arch}>")), True
 
 
