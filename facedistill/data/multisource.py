@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from facedistill.data.packed import IMAGE_SIZE, PackedDataset
+from facedistill.data.packed import IMAGE_SIZE, PackedDataset, as_indices
 from facedistill.errors import DataError
 
 
@@ -147,11 +147,7 @@ class MultiSourceDataset:
 
     def images(self, idx: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """Images as uint8 NHWC (copies), in the order asked; ``None`` means all."""
-        if idx is None:
-            idx = np.arange(len(self))
-        elif isinstance(idx, slice):
-            idx = np.arange(len(self))[idx]
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = as_indices(idx, len(self))
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
             raise IndexError(f"indices out of range for {len(self)} images")
         out = np.empty((len(idx), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)

@@ -197,6 +197,15 @@ class _Shards:
     starts: np.ndarray
 
 
+def as_indices(idx: Sequence[int] | np.ndarray | slice | None, n: int) -> np.ndarray:
+    """``images()``'s index argument as int64 indices into ``n`` images: None means all, slices work."""
+    if idx is None:
+        return np.arange(n, dtype=np.int64)
+    if isinstance(idx, slice):
+        return np.arange(n, dtype=np.int64)[idx]
+    return np.asarray(idx, dtype=np.int64)
+
+
 class PackedDataset:
     """Random access to a packed dataset; a ``torch.utils.data.Dataset`` (map-style).
 
@@ -265,11 +274,7 @@ class PackedDataset:
 
     def images(self, idx: Sequence[int] | np.ndarray | slice | None = None) -> np.ndarray:
         """Return images as a uint8 NHWC array (copies); ``None`` means all."""
-        if idx is None:
-            idx = np.arange(len(self))
-        elif isinstance(idx, slice):
-            idx = np.arange(len(self))[idx]
-        idx = np.asarray(idx, dtype=np.int64)
+        idx = as_indices(idx, len(self))
         out = np.empty((len(idx), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         shards = self._open()
         which = np.searchsorted(shards.starts, idx, side="right") - 1
