@@ -70,11 +70,10 @@ def test_three_models_through_a_pipe_keep_a_readable_table(bench_models, tmp_pat
     import subprocess
     import sys
 
-    from conftest import CLI
-
+    cli = Path(__file__).with_name("_cli.py")  # the CLI in a subprocess, as a user's pipe sees it
     third = shutil.copy(bench_models["fp32"], tmp_path / "student_with_a_long_name_fp32.onnx")
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    proc = subprocess.run([sys.executable, str(CLI), "benchmark", str(bench_models["fp32"]), str(bench_models["int8"]),
+    proc = subprocess.run([sys.executable, str(cli), "benchmark", str(bench_models["fp32"]), str(bench_models["int8"]),
                            str(third), "-b", "1", "-t", "1", "--runs", "2", "--warmup", "0"],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
