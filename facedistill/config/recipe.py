@@ -122,6 +122,15 @@ class TrainConfig:
     log_every: int = 10  # steps
 
 
+# Keys added after runs already existed, with the value that does what every run before them did.
+# At that value they are left out of the recipe hash: a run trained before the key existed is still
+# the same training (reused, resumed), while any other value makes a new run. Add a key here only
+# when its neutral value reproduces the old behaviour bit for bit.
+HASH_NEUTRAL: dict[str, Any] = {
+    "train.precision": "fp32",
+}
+
+
 @dataclass
 class Recipe:
     name: str = "run"
@@ -148,10 +157,21 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def hash(self) -> str:
-        """A short stable hash of what was trained (name and output folder excluded)."""
+        """A short stable hash of what was trained (name and output folder excluded).
+
+        Keys in ``HASH_NEUTRAL`` at their neutral value are left out, so upgrading facedistill does
+        not turn every finished run into a stale one.
+        """
         data = self.to_dict()
         data.pop("name", None)
         data.pop("output_dir", None)
+        for dotted, neutral in HASH_NEUTRAL.items():
+            *parents, key = dotted.split(".")
+            section = data
+            for part in parents:
+                section = section.get(part, {})
+            if key in section and section[key] == neutral:
+                del section[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -151,3 +151,20 @@ def test_several_training_sources_and_precision(tmp_path):
     path.write_text(NO_TEACHER + "data:\n  train:\n    - {path: data/lfw, wieght: 1}\n")
     with pytest.raises(Exception, match="did you mean"):
         load_recipe(path, check_files=False)
+
+
+def test_a_key_added_later_keeps_older_runs_current(tmp_path):
+    """Runs finished before `train.precision` existed hashed their recipe without it; at its neutral
+    value (fp32: what they did) the hash is unchanged, so they are reused, not moved aside."""
+    import hashlib
+    import json
+
+    recipe = load_recipe(write(tmp_path, "a.yaml", {"loss": {"distill": {"type": "none"}}}))
+    old = recipe.to_dict()
+    for key in ("name", "output_dir"):
+        old.pop(key)
+    del old["train"]["precision"]
+    old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert recipe.hash() == old_hash
+    bf16 = load_recipe(write(tmp_path, "b.yaml", {"train": {"precision": "bf16"}, "loss": {"distill": {"type": "none"}}}))
+    assert bf16.hash() != old_hash
