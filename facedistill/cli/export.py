@@ -86,6 +86,11 @@ def export(
                                     "the fewest layers float that pass, before refusing (default on)."),
     calib_batch: int = typer.Option(16, "--calib-batch", help="Images per calibration batch: the calibrator "
                                                               "holds one batch of activations at a time."),
+    qat_steps: int = typer.Option(0, "--qat-steps", help="Quantization-aware fine-tuning before int8: this many "
+                                                          "steps in which the fp32 student teaches its own int8 "
+                                                          "simulation on --calib faces (0: off; try 300)."),
+    qat_lr: float = typer.Option(1e-3, "--qat-lr", help="QAT learning rate (SGD, momentum 0.9, cosine decay)."),
+    qat_batch: int = typer.Option(32, "--qat-batch", help="QAT faces per step."),
     keep_rejected: bool = typer.Option(False, "--keep-rejected", help="Keep an int8 model that fails its gate "
                                                                       "as <stem>.int8.rejected.onnx."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write a float16 model (float32 input and output)."),
@@ -116,6 +121,12 @@ def export(
                                     activations=activations, kept_weights=kept_weights,
                                     calib_batch=calib_batch, weight_bits=weight_bits) if int8 else None
     batch_arg: str | int = batch if batch == "dynamic" else _batch(batch)
+    qat = None
+    if qat_steps:
+        from facedistill.export.qat import QATOptions
+
+        qat = QATOptions(steps=qat_steps, lr=qat_lr, batch_size=qat_batch,
+                         weight_bits=weight_bits).validate()
 
     def say(msg: str) -> None:
         err_console.print(f"[dim]{msg}...[/]")
@@ -128,7 +139,7 @@ def export(
                               int8_min_cosine=min_cosine, int8_max_drop=max_drop, latency=not no_latency,
                               latency_threads=threads, keep_rejected=keep_rejected, int8_mixed=mixed,
                               mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"),
-                              channel_order=channel_order, progress=say)
+                              channel_order=channel_order, qat=qat, progress=say)
     except ExportGateError as e:
         if e.report is not None:
             print_export_table(e.report)

@@ -1,0 +1,88 @@
+"""Quantization-aware fine-tuning: what it quantizes, what it returns, and `export --int8 --qat-steps`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facedistill.errors import ExportError
+from facedistill.export import ExportGateError, export_model
+from facedistill.export.qat import QATOptions, qat_finetune, quantized_convs
+
+
+def test_quantized_convs_follow_the_export_parts(tiny):
+    quantized, kept = quantized_convs(tiny.model)  # auto on a PReLU network: stem, head, depthwise float
+    assert quantized == ["conv2.0", "block.0", "block.3", "down.0"]
+    assert kept == ["stem.0", "gdc.0"]
+    quantized, kept = quantized_convs(tiny.model, keep_float=("none",))
+    assert kept == [] and len(quantized) == 6
+    quantized, kept = quantized_convs(tiny.model, keep_float=("stem", "head"))
+    assert kept == ["stem.0", "gdc.0"]
+
+
+def test_qat_brings_the_int8_simulation_closer_and_returns_a_plain_model(tiny):
+    from facedistill.data.synthetic import render_identities
+
+    faces, _ = render_identities(range(0, 40), 4, seed=1)  # 160 faces: 140 to train on, 20 held out
+    before = {k: v.clone() for k, v in tiny.model.state_dict().items()}
+    model, res = qat_finetune(tiny.model, faces, tiny.preprocessing.apply,
+                              QATOptions(steps=40, batch_size=8, lr=1e-3, weight_bits=7), keep_float=("none",))
+    # the caller's model is untouched; the result has the same parameter names and no fake quantization left
+    assert all(torch.equal(before[k], v) for k, v in tiny.model.state_dict().items())
+    assert list(model.state_dict()) == list(before)
+    assert not any("parametrizations" in k for k in model.state_dict())
+    assert not model.training
+    assert res.quantized_convs == 6 and res.float_convs == 0 and res.images == 320
+    # the fine-tuned weights moved, and the simulated int8 model agrees better with fp32 on held-out faces
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert res.cosine_after > res.cosine_before
+
+
+def test_qat_errors_say_what_to_do(tiny, train_set, tmp_path):
+    with pytest.raises(ExportError, match="QAT steps"):
+        QATOptions(steps=0).validate()
+    with pytest.raises(ExportError, match="at least"):
+        qat_finetune(tiny.model, np.zeros((10, 112, 112, 3), np.uint8), tiny.preprocessing.apply,
+                     QATOptions(steps=1, batch_size=32))
+    with pytest.raises(ExportError, match="needs --calib"):
+        export_model(None, tmp_path / "m.onnx", loaded=tiny, int8=True, qat=QATOptions(steps=1), latency=False)
+    with pytest.raises(ExportError, match="add --int8"):
+        export_model(None, tmp_path / "m.onnx", loaded=tiny, qat=QATOptions(steps=1), latency=False)
+
+
+def test_export_int8_with_qat(tiny, tmp_path, train_set, pair_set):
+    """The fp32 file is the original student; the int8 file comes from the fine-tuned copy and is gated
+    against the original; the report and the metadata say QAT ran."""
+    import onnx
+
+    out = tmp_path / "q.onnx"
+    try:
+        report = export_model(None, out, loaded=tiny, int8=True, calib=train_set, verify=pair_set,
+                              qat=QATOptions(steps=10, batch_size=8), latency=False, int8_mixed=False,
+                              int8_min_cosine=0.5, int8_max_drop=100.0)
+    except ExportGateError as e:  # pragma: no cover - the message is the useful part when it happens
+        pytest.fail(f"gate: {e}")
+    assert report.qat is not None and report.qat["steps"] == 10
+    assert any("QAT" in n for n in report.notes)
+    assert report.artifact("fp32").cosine_worst > 0.9999  # fp32 is the original student, unchanged
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q.int8.onnx")).metadata_props}
+    assert meta["int8_qat"].startswith("10 steps of 8 faces")
+    assert json.loads(json.dumps(report.to_dict()))["qat"]["quantized_convs"] == 4
+
+
+def test_cli_qat_needs_calib(tmp_path):
+    from typer.testing import CliRunner
+
+    from facedistill.cli.main import app
+
+    pt = tmp_path / "m.pt"
+    from facedistill.models.registry import create_backbone
+
+    torch.save(create_backbone("mobilefacenet_s", embedding_size=128).state_dict(), pt)
+    result = CliRunner().invoke(app, ["export", str(pt), "--out", str(tmp_path / "m.onnx"), "--int8",
+                                      "--qat-steps", "5", "--no-latency"])
+    assert result.exit_code != 0
+    assert "needs --calib" in result.output
