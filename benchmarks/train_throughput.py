@@ -35,7 +35,6 @@ import argparse
 import copy
 import io
 import json
-import os
 import sys
 import tempfile
 import time

@@ -166,7 +166,6 @@ def test_prepare_csv_pairs_relative_to_csv_or_images_root(tmp_path):
 def test_source_fold_ids_decode_the_manifest(tmp_path):
     import json
 
-    import numpy as np
 
     from facedistill.data.pairs import source_fold_ids
 
