@@ -185,7 +185,8 @@ class Trainer:
         from facedistill.engine.teachers import build_teacher
 
         cfg = self.cfg
-        self.teacher = build_teacher(cfg.teacher, self.device) if cfg.loss.distill.type != "none" else None
+        self.teacher = build_teacher(cfg.teacher, self.device, threads=cfg.train.threads) \
+            if cfg.loss.distill.type != "none" else None
         self.teacher_cache = None
         if self.teacher is None or not cfg.teacher.cache or cfg.teacher.online:
             return
