@@ -127,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     src = args.train or Path(load_recipe(args.recipe, args.overrides, check_files=False).data.train)
     train_dir = slice_train_set(Path(src), args.workdir / "train", args.images)
     runs = recipes(args, train_dir)
-    flip, views, online = runs.values()
+    views = runs[f"views K={args.views}"]
     ds = PackedDataset(train_dir)
     teacher = build_teacher(views.teacher, "cpu", threads=args.threads)
 
-    log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
     log(f"cache builds on {len(ds)} images ...")
     t = time.perf_counter()
     _, _, built = load_or_build(ds, teacher, views.teacher.batch_size)

@@ -49,7 +49,9 @@ def test_views_stay_face_sized_uint8_and_close_to_the_face(faces):
     out = augment_batch(faces, EVERYTHING, 3, np.arange(len(faces)), np.arange(1, len(faces) + 1))
     assert out.shape == faces.shape and out.dtype == np.uint8
     # within alignment tolerance: the view still correlates strongly with the plain face (grey levels)
-    grey = lambda x: x.astype(np.float64).mean(axis=-1).reshape(len(x), -1)  # noqa: E731
+    def grey(x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float64).mean(axis=-1).reshape(len(x), -1)
+
     a, b = grey(faces), grey(out)
     a -= a.mean(1, keepdims=True)
     b -= b.mean(1, keepdims=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,7 +12,6 @@ from facedistill.config import load_recipe
 from facedistill.engine.monitor import Monitor
 from facedistill.engine.trainer import STUDENT_MEAN, STUDENT_STD, Trainer, train
 from facedistill.models import create_backbone
-
 
 
 def make_recipe(tmp_path: Path, data: Path, name: str, **over) -> Path:
