@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from facedistill.config.schema import deep_merge, from_dict, to_dict
+from facedistill.data.augment import AugmentConfig
 from facedistill.errors import RecipeError
 from facedistill.losses.config import DistillConfig
 
@@ -47,8 +48,11 @@ class DataConfig:
     val: Optional[str] = "data/synthetic/val"
     batch_size: int = 64
     workers: int = 2
-    flip: bool = True  # random horizontal flip, the only augmentation a cached teacher can follow
+    flip: bool = True  # random horizontal flip (with `augment` on, one of its steps)
     val_max_pairs: Optional[int] = None  # evaluate on the first N pairs during training (speed)
+    # scale/shift/rotation, colour, greyscale, blur, JPEG that the teacher follows (data/augment.py);
+    # the teacher sees each view through `teacher.views` (cache) or `teacher.online`
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass
@@ -73,6 +77,10 @@ class TeacherConfig:
     input_size: int = 112
     cache: bool = True  # compute embeddings once per (image, flip) and reuse them across runs
     batch_size: int = 64
+    # With `data.augment` on: K cached views per image (view 0 the plain image), each step picks one
+    # per sample. 1 = the plain cache of (image, flip) used without augmentation.
+    views: int = 1
+    online: bool = False  # the teacher embeds every (freshly augmented) batch; no cache
 
 
 @dataclass
@@ -128,6 +136,9 @@ class TrainConfig:
 # when its neutral value reproduces the old behaviour bit for bit.
 HASH_NEUTRAL: dict[str, Any] = {
     "train.precision": "fp32",
+    "data.augment": to_dict(AugmentConfig()),  # off (and untouched): no augmentation beyond data.flip
+    "teacher.views": 1,
+    "teacher.online": False,
 }
 
 
@@ -205,6 +216,26 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
             raise RecipeError(f"{where}: `teacher.checkpoint` is required when `teacher.type` is torch")
         if t.arch is not None:
             _choice(t.arch, aliases, "teacher.arch", where)
+    if t.views < 1:
+        raise RecipeError(f"{where}: `teacher.views` must be >= 1, got {t.views}")
+    if t.batch_size < 1:
+        raise RecipeError(f"{where}: `teacher.batch_size` must be >= 1, got {t.batch_size}")
+    aug = recipe.data.augment
+    try:
+        aug.validate("data.augment")
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    uses_cache = t.type != "none" and recipe.loss.distill.type != "none" and t.cache and not t.online
+    if aug.enabled and uses_cache and t.views < 2:
+        raise RecipeError(f"{where}: `data.augment` is on and the teacher is cached, but `teacher.views` is "
+                          f"{t.views}: view 0 is the plain image, so give `teacher.views: 2` or more (e.g. 4), "
+                          "or `teacher.online: true`")
+    if t.views > 1 and not aug.enabled:
+        raise RecipeError(f"{where}: `teacher.views` is {t.views} but `data.augment.enabled` is false; "
+                          "views are augmented copies: enable `data.augment` or set `teacher.views: 1`")
+    if t.views > 1 and t.online:
+        raise RecipeError(f"{where}: `teacher.views` ({t.views}) and `teacher.online: true` exclude each other "
+                          "(cached views, or a teacher that embeds every batch); drop one")
     if t.type == "onnx":
         if not t.onnx:
             raise RecipeError(f"{where}: `teacher.onnx` is required when `teacher.type` is onnx")

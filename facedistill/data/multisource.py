@@ -141,6 +141,17 @@ class MultiSourceDataset:
         """Source number of each combined index (for per-source statistics)."""
         return np.searchsorted(self.starts, np.asarray(idx, np.int64), side="right") - 1
 
+    def local_indices(self, idx: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Each combined index's index in its own source's packed set (what per-source caches and
+        seeded augmentation views are keyed by, so they do not depend on the mix)."""
+        idx = np.asarray(idx, np.int64)
+        which = self.source_of(idx)
+        out = np.empty_like(idx)
+        for s in np.unique(which):
+            sel = which == s
+            out[sel] = self.kept[s][idx[sel] - self.starts[s]]
+        return out
+
     def image(self, i: int) -> np.ndarray:
         s, j = self.locate(int(i))
         return self.sources[s].image(j)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -36,3 +37,8 @@ def flip_mask(seed: int, step: int, batch_size: int, rank: int = 0) -> torch.Ten
     """Which images of step ``step`` are mirrored: seeded by the step, so a resumed run flips the same."""
     g = torch.Generator().manual_seed(seed * 7_919 + step * 131 + rank)
     return torch.rand(batch_size, generator=g) < 0.5
+
+
+def view_choice(seed: int, step: int, batch_size: int, views: int, rank: int = 0) -> np.ndarray:
+    """Which cached view (0..views-1) each sample of step ``step`` shows: seeded by the step, like the flips."""
+    return np.random.default_rng([seed, step, rank, 2]).integers(0, views, size=batch_size, dtype=np.int64)

@@ -127,13 +127,18 @@ class OnnxTeacher:
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def build_teacher(cfg: Any, device: torch.device | str = "cpu") -> TorchTeacher | OnnxTeacher | None:
-    """Create the teacher described by a recipe's ``teacher`` section (None when type is none)."""
+def build_teacher(cfg: Any, device: torch.device | str = "cpu", threads: int | None = None
+                  ) -> TorchTeacher | OnnxTeacher | None:
+    """Create the teacher described by a recipe's ``teacher`` section (None when type is none).
+
+    ``threads``: onnxruntime intra-op threads of an ONNX teacher (a torch teacher shares torch's), so an
+    online teacher keeps to ``train.threads`` like the student; None: onnxruntime's default (all cores).
+    """
     pre = Preprocessing(cfg.mean, cfg.std, cfg.channel_order, cfg.input_size)
     if cfg.type == "none":
         return None
     if cfg.type == "onnx":
-        teacher = OnnxTeacher(cfg.onnx, pre)
+        teacher = OnnxTeacher(cfg.onnx, pre, threads=threads)
     else:
         from facedistill.models.checkpoints import load_backbone
 

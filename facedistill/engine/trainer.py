@@ -5,15 +5,16 @@ A run happens in the order of ``Trainer``'s sections, each one place to change:
 * **building** the run: the run folder, the data, the teacher (+ its cache), the model (student,
   margin head, projector, objective) and the optimiser with its schedule;
 * **resuming** from the last checkpoint;
-* **the loop**: ``prepare_batch`` (data order, flips, teacher embeddings: where augmentation
-  goes) and ``train_step`` (forward, backward, update: where a new precision goes);
+* **the loop**: ``prepare_batch`` (``augment``: flips or the seeded views of ``data.augment``;
+  ``teacher_targets``: the teacher's embedding of exactly that image, cached or online) and
+  ``train_step`` (forward, backward, update: where a new precision goes);
 * **evaluation** on the validation pairs, **checkpointing**, and **finishing** (precise BN, the
   saved student, the summary and its plot).
 
 What it guarantees:
 
 * **Exact resume.** The data order of epoch e is a permutation seeded by (seed, e); the flips of
-  step k are seeded by (seed, k); checkpoints hold model, head, projector, optimizer, schedule and
+  step k, and with ``data.augment`` the view each sample shows, are seeded by (seed, k); checkpoints hold model, head, projector, optimizer, schedule and
   the memory bank. A run killed at any point and resumed with ``--resume`` ends with the same
   weights as an uninterrupted run.
 * **Nothing lost on a crash.** Checkpoints, ``student.pt`` and ``summary.json`` are written
@@ -41,7 +42,7 @@ from facedistill import __version__
 from facedistill.config.recipe import Recipe
 from facedistill.data.packed import PackedDataset
 from facedistill.engine import distributed as ddp
-from facedistill.engine.batches import EpochBatches, flip_mask
+from facedistill.engine.batches import EpochBatches, flip_mask, view_choice
 from facedistill.engine.checkpointing import (CHECKPOINT_FILE, METRICS_FILE, STUDENT_FILE, SUMMARY_FILE,
                                               load_checkpoint, read_metrics, save_checkpoint, save_student)
 from facedistill.engine.monitor import Monitor
@@ -179,18 +180,25 @@ class Trainer:
         self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * self.steps_per_epoch))
 
     def build_teacher(self) -> None:
-        """The frozen teacher and, unless ``teacher.cache`` is false, its cached embeddings."""
+        """The frozen teacher and its cached embeddings (per (image, flip), or K augmented views per image),
+        unless ``teacher.cache`` is false or ``teacher.online`` is true: then it embeds every batch."""
         from facedistill.engine.teachers import build_teacher
 
         cfg = self.cfg
-        self.teacher = build_teacher(cfg.teacher, self.device) if cfg.loss.distill.type != "none" else None
+        self.teacher = build_teacher(cfg.teacher, self.device, threads=cfg.train.threads) \
+            if cfg.loss.distill.type != "none" else None
         self.teacher_cache = None
-        if self.teacher is None or not cfg.teacher.cache:
+        if self.teacher is None or not cfg.teacher.cache or cfg.teacher.online:
             return
-        from facedistill.engine.teacher_cache import load_or_build
+        from facedistill.engine.teacher_cache import load_or_build, load_or_build_views
 
         def cache_of(source: PackedDataset, advance=None) -> np.ndarray:
-            cache, cache_file, built = load_or_build(source, self.teacher, cfg.teacher.batch_size, advance)
+            if cfg.data.augment.enabled:
+                cache, cache_file, built = load_or_build_views(source, self.teacher, cfg.data.augment,
+                                                               cfg.teacher.views, cfg.data.flip,
+                                                               cfg.teacher.batch_size, advance)
+            else:
+                cache, cache_file, built = load_or_build(source, self.teacher, cfg.teacher.batch_size, advance)
             if advance is not None:
                 self.monitor.message(f"teacher cache {'built' if built else 'reused'}: {cache_file}")
             return cache
@@ -202,7 +210,8 @@ class Trainer:
             return self.train_set.combine_per_source(lambda source: cache_of(source, advance))
 
         if self.dist.is_main:
-            with self.monitor.phase("teacher embeddings (cached once)", self._cache_work()) as advance:
+            what = f"{cfg.teacher.views} views per image" if cfg.data.augment.enabled else "cached once"
+            with self.monitor.phase(f"teacher embeddings ({what})", self._cache_work()) as advance:
                 self.teacher_cache = build_all(advance)
         ddp.barrier()
         if not self.dist.is_main:
@@ -347,20 +356,49 @@ class Trainer:
                 yield batch
 
     def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Batch:
-        """Flip (seeded by the step), look the teacher's embeddings up, normalise, move to the device."""
-        cfg = self.cfg
-        flips = flip_mask(cfg.train.seed, self.step, len(index), self.dist.rank) if cfg.data.flip else \
-            torch.zeros(len(index), dtype=torch.bool)
-        images = torch.where(flips[:, None, None, None], images.flip(3), images)
-        teacher_emb = None
-        if self.teacher is not None:
-            if self.teacher_cache is not None:
-                teacher_emb = torch.from_numpy(np.asarray(self.teacher_cache[index.numpy(), flips.long().numpy()]))
-            else:
-                teacher_emb = self.teacher(images)
-            teacher_emb = teacher_emb.to(self.device, non_blocking=True)
+        """What the student sees (``augment``), the teacher's embedding of exactly that, normalised, on the device."""
+        images, views = self.augment(images, index)
+        teacher_emb = self.teacher_targets(images, index, views)
         x = normalise(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         return Batch(x=x, labels=labels.to(self.device), teacher_emb=teacher_emb, size=len(index))
+
+    def augment(self, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """The step's images as the student sees them, and the teacher-cache view of each (None: no cache view).
+
+        Without ``data.augment``: a seeded flip, view 0/1 of the (image, flip) cache. With it and a
+        view cache: each sample shows view ``v`` drawn by (seed, step, position), the very image the
+        cache embedded. Otherwise (online teacher, or no teacher): a fresh view per step, keyed by
+        (seed, image, step + 1), so a resumed run still draws the same.
+        """
+        cfg = self.cfg
+        aug = cfg.data.augment
+        if not aug.enabled:
+            flips = flip_mask(cfg.train.seed, self.step, len(index), self.dist.rank) if cfg.data.flip else \
+                torch.zeros(len(index), dtype=torch.bool)
+            return torch.where(flips[:, None, None, None], images.flip(3), images), flips.long().numpy()
+        from facedistill.data.augment import augment_batch
+
+        local = self.train_set.local_indices(index.numpy()) if hasattr(self.train_set, "local_indices") \
+            else index.numpy()
+        if self.teacher_cache is not None:
+            views = view_choice(cfg.train.seed, self.step, len(index), cfg.teacher.views, self.dist.rank)
+            seed = aug.seed
+        else:
+            views, seed = np.full(len(index), self.step + 1, dtype=np.int64), cfg.train.seed
+        shown = augment_batch(np.ascontiguousarray(images.permute(0, 2, 3, 1).numpy()), aug, seed, local, views, cfg.data.flip)
+        return torch.from_numpy(shown).permute(0, 3, 1, 2), (views if self.teacher_cache is not None else None)
+
+    def teacher_targets(self, images: torch.Tensor, index: torch.Tensor, views: np.ndarray | None
+                        ) -> torch.Tensor | None:
+        """The teacher's embedding of each shown image: a cache row (image, view), or the teacher run on the batch."""
+        if self.teacher is None:
+            return None
+        if self.teacher_cache is not None:
+            assert views is not None
+            emb = torch.from_numpy(np.asarray(self.teacher_cache[index.numpy(), views]))
+        else:
+            emb = self.teacher(images)
+        return emb.to(self.device, non_blocking=True)
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """Forward, check, backward, update; returns the step's metrics row."""
@@ -498,6 +536,7 @@ class Trainer:
                                                      "fingerprint": teacher.fingerprint,
                                                      "cached": self.teacher_cache is not None},
             "loss": {"margin": cfg.loss.margin.type, "distill": cfg.loss.distill.type},
+            "augment": self._augment_summary(),
             "preprocessing": {"mean": STUDENT_MEAN, "std": STUDENT_STD, "channel_order": "RGB", "input_size": 112},
             "recipe_hash": cfg.hash(),
             "steps": self.step,
@@ -516,3 +555,14 @@ class Trainer:
         }
         summary.update(self.last_val)
         return summary
+
+    def _augment_summary(self) -> dict[str, Any] | None:
+        """data.augment as trained, and how the teacher saw it (cached views or online); None when off."""
+        from facedistill.data.augment import describe
+
+        cfg = self.cfg
+        if not cfg.data.augment.enabled:
+            return None
+        teacher = None if self.teacher is None else (
+            f"cache of {cfg.teacher.views} views" if self.teacher_cache is not None else "online")
+        return {**describe(cfg.data.augment, cfg.data.flip), "teacher": teacher}

@@ -2,6 +2,7 @@
 
 ``benchmarks/kd_ablation.py``: two types, one seed, a few steps each; a second invocation reuses every
 finished run. ``benchmarks/teacher_cache.py``: an iresnet18 teacher, a tiny student, two steps.
+``benchmarks/augment_cost.py``: a tiny ONNX teacher, 16 images, one step per training mode.
 The numbers are meaningless at these sizes; only that the scripts work is checked.
 """
 
@@ -117,6 +118,34 @@ def test_sface_lfw_tiny_runs_and_reuses(tmp_path, tiny_synthetic):
     assert "none: reusing" in proc.stderr and "unified: reusing" in proc.stderr
     result = json.loads((work / "sface_lfw.json").read_text())
     assert result["teacher_cache"]["built_s"] is None and result["deploy"] == []
+
+
+
+def test_augment_cost_tiny(tmp_path, tiny_synthetic):
+    """K-view cache build and the three training modes side by side, with a tiny ONNX teacher."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 16)).eval()
+    teacher = tmp_path / "teacher.onnx"
+    torch.onnx.export(tiny, torch.zeros(1, 3, 112, 112), str(teacher), input_names=["data"],
+                      output_names=["emb"], dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}}, opset_version=17,
+                      dynamo=False)
+    out = tmp_path / "aug.json"
+    run_script("augment_cost.py", "--train", str(tiny_synthetic / "train"), "--teacher", str(teacher),
+               "--images", "16", "--batch-size", "8", "--steps", "1", "--warmup", "0", "--views", "2",
+               "--set", "student.embedding_size=32", "--workdir", str(tmp_path / "work"), "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["images"] == 16 and result["views"] == 2
+    assert result["cache_build"]["views_s_per_image"] > 0 and Path(result["cache_build"]["view_cache_file"]).is_file()
+    rows = result["training"]
+    assert list(rows) == ["flip only", "views K=2", "online"] and rows["flip only"]["ratio_vs_flip_only"] == 1.0
+    assert rows["flip only"]["augment"] is None
+    assert rows["views K=2"]["augment"]["teacher"] == "cache of 2 views" and rows["online"]["augment"]["teacher"] == "online"
+    assert all(r["images_per_s"] > 0 and r["timed_steps"] == 1 for r in rows.values())
+    # the script caches a copy of the slice, never beside the data it was given
+    assert not list((tiny_synthetic / "train" / "teacher-cache").glob("*-views2-*.npy"))
 
 
 @pytest.mark.slow  # about 2 minutes on 2 shared cores (several model copies, synthetic data, ONNX export)

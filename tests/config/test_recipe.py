@@ -164,7 +164,62 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     for key in ("name", "output_dir"):
         old.pop(key)
     del old["train"]["precision"]
+    del old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]  # added later still
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     bf16 = load_recipe(write(tmp_path, "b.yaml", {"train": {"precision": "bf16"}, "loss": {"distill": {"type": "none"}}}))
     assert bf16.hash() != old_hash
+
+
+def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
+    """`data.augment`, `teacher.views` and `teacher.online` came later: off, they leave the hash as it was."""
+    import hashlib
+    import json
+
+    recipe = load_recipe(write(tmp_path, "a.yaml", {"loss": {"distill": {"type": "none"}}}))
+    old = recipe.to_dict()
+    for key in ("name", "output_dir"):
+        old.pop(key)
+    del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
+    old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert recipe.hash() == old_hash
+    on = load_recipe(write(tmp_path, "b.yaml", {"data": {"augment": {"enabled": True}},
+                                                "loss": {"distill": {"type": "none"}}}))
+    tweaked = load_recipe(write(tmp_path, "c.yaml", {"data": {"augment": {"enabled": True, "rotate": 3.0}},
+                                                     "loss": {"distill": {"type": "none"}}}))
+    assert len({old_hash, on.hash(), tweaked.hash()}) == 3
+    shipped = load_recipe(RECIPES / "sface_lfw" / "iled_aug.yaml", check_files=False)
+    assert shipped.data.augment.enabled and shipped.teacher.views == 4
+    assert shipped.hash() != load_recipe(RECIPES / "sface_lfw" / "iled.yaml", check_files=False).hash()
+
+
+TEACHER = "teacher: {type: onnx, onnx: t.onnx}\n"
+
+
+@pytest.mark.parametrize("text, key", [
+    ("data: {augment: {enabled: true, rotat: 3}}", "data.augment.rotat"),            # unknown key, close match
+    ("data: {augment: {enabled: true, jpeg: 1.5}}", "data.augment.jpeg"),              # out of range
+    ("data: {augment: {enabled: true, border: wrap}}", "data.augment.border"),
+    ("data: {augment: {enabled: yes-please}}", "data.augment.enabled"),                # wrong type
+    ("data: {augment: {enabled: true}}", "teacher.views"),                              # cached teacher, no views
+    ("teacher: {type: onnx, onnx: t.onnx, views: 4}", "teacher.views"),                # views without augment
+    ("data: {augment: {enabled: true}}\nteacher: {type: onnx, onnx: t.onnx, views: 4, online: true}",
+     "teacher.online"),
+    ("teacher: {type: onnx, onnx: t.onnx, views: 0}", "teacher.views"),
+])
+def test_bad_augmentation_settings_name_the_key(tmp_path, text, key):
+    path = write(tmp_path, "r.yaml", (TEACHER if not text.lstrip().startswith("teacher") else "") + text + "\n"
+                 "loss: {distill: {type: l2}}\n")
+    with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+        load_recipe(path, check_files=False)
+
+
+def test_augmentation_settings_that_work(tmp_path):
+    for text in ("data: {augment: {enabled: true}}\nteacher: {type: onnx, onnx: t.onnx, views: 4}",
+                 "data: {augment: {enabled: true}}\nteacher: {type: onnx, onnx: t.onnx, online: true}",
+                 "data: {augment: {enabled: true}}\nteacher: {type: onnx, onnx: t.onnx, cache: false}"):
+        r = load_recipe(write(tmp_path, "ok.yaml", text + "\nloss: {distill: {type: l2}}\n"), check_files=False)
+        assert r.data.augment.enabled
+    r = load_recipe(write(tmp_path, "set.yaml", "loss: {distill: {type: none}}\n"),
+                    ["data.augment.enabled=true", "data.augment.rotate=3"], check_files=False)
+    assert r.data.augment.rotate == 3.0
