@@ -97,6 +97,7 @@ __all__ = [
     "Int8Options",
     "QuantizeResult",
     "compact_names",
+    "drop_zero_points",
     "find_depthwise_nodes",
     "find_head_nodes",
     "find_stem_nodes",
@@ -454,6 +455,44 @@ def quantize_weights_only(model: Any, node_names: Iterable[str],
     return converted
 
 
+def drop_zero_points(model: Any) -> int:
+    """Remove (in place) the all-zero zero-point inputs of the DequantizeLinear nodes that feed a conv
+    its constant weights or bias; returns how many. Lossless: a missing zero point is 0.
+
+    The quantizer writes one int8 zero point per weight channel and one int32 per bias channel, all
+    0 for symmetric weights: about 49 KB of a 1.17 MB MobileFaceNet int8 file, where the weights
+    themselves are 0.98 MB. onnxruntime still fuses DQ -> Conv -> Q into QLinearConv without them
+    (outputs bit-identical, tested). Gemm/MatMul weights keep theirs: without it onnxruntime leaves
+    the head as DQ + float Gemm instead of QGemm.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    dropped = 0
+    for node in graph.node:
+        if (node.op_type != "DequantizeLinear" or len(node.input) < 3 or node.input[0] not in inits
+                or node.input[2] not in inits):
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "Conv" for u in users):
+            continue
+        if numpy_helper.to_array(inits[node.input[2]]).any():
+            continue
+        del node.input[2]
+        dropped += 1
+    if dropped:
+        used = {name for node in graph.node for name in node.input}
+        keep = [t for t in graph.initializer if t.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
+    return dropped
+
+
 def compact_names(model: Any) -> Any:
     """Rename (in place) every tensor but the graph's inputs and outputs to ``t<i>`` and every node
     to ``n<i>``; drops ``value_info`` (shape inference recomputes it)."""
@@ -753,7 +792,9 @@ def quantize_int8(fp32_model: Any, out_path: str | os.PathLike, calib_inputs: An
     changed = bool(len(quantized.metadata_props))
     del quantized.metadata_props[:]
     if opts.kept_float_weights == "compact" and excluded:
-        changed = bool(quantize_weights_only(quantized, excluded))
+        changed = bool(quantize_weights_only(quantized, excluded)) or changed
+    if drop_zero_points(quantized):
+        changed = True
     if opts.compact_names:
         compact_names(quantized)
         changed = True

@@ -328,3 +328,36 @@ def test_auto_keep_float_quantizes_a_relu6_network_entirely(tiny_export, faces, 
     path, _ = tiny_export
     prelu = quantize_int8(path, tmp_path / "p.onnx", calib, Int8Options())
     assert prelu.keep_float == ["stem", "head", "depthwise", "prelu"]
+
+
+def test_zero_points_of_conv_weights_are_dropped_losslessly(tiny_export, faces, tmp_path):
+    """The all-zero weight/bias zero points are not stored; onnxruntime still runs QLinearConv and the
+    embeddings are bit-identical to the file that keeps them."""
+    from facedistill.export.quantize import drop_zero_points
+
+    path, _ = tiny_export
+    out = tmp_path / "q.onnx"
+    quantize_int8(path, out, Preprocessing().apply(faces[:24]), Int8Options(keep_float=("none",)))
+    model = onnx.load(str(out))
+    conv_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
+               and any(c.op_type == "Conv" and n.output[0] in c.input for c in model.graph.node)
+               and n.input[0] in {t.name for t in model.graph.initializer}]
+    assert conv_dq and all(len(n.input) == 2 for n in conv_dq)  # dropped by quantize_int8 itself
+    assert drop_zero_points(model) == 0  # nothing left to drop
+    # against a copy that has them back
+    from onnx import numpy_helper
+
+    restored = onnx.load(str(out))
+    inits = {t.name: t for t in restored.graph.initializer}
+    for k, node in enumerate(n for n in restored.graph.node if n.op_type == "DequantizeLinear" and len(n.input) == 2
+                             and n.input[0] in inits):
+        dtype = numpy_helper.to_array(inits[node.input[0]]).dtype
+        shape = numpy_helper.to_array(inits[node.input[1]]).shape
+        restored.graph.initializer.append(numpy_helper.from_array(np.zeros(shape, dtype), f"zp_{k}"))
+        node.input.append(f"zp_{k}")
+    full = tmp_path / "full.onnx"
+    onnx.save(restored, str(full))
+    assert full.stat().st_size > out.stat().st_size
+    x = Preprocessing().apply(faces[24:40])
+    assert np.array_equal(run_onnx(ort_session(out), x), run_onnx(ort_session(full), x))
+    assert optimized_op_counts(out).get("QLinearConv", 0) == 6
