@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from facedistill.data.packed import IMAGE_SIZE, PackedDataset, as_indices
+from facedistill.data.sharding import batches_per_epoch, shard_batches
 from facedistill.errors import DataError
 
 
@@ -254,9 +255,7 @@ class SourceMixBatches:
         self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
         self.epoch_size = epoch_size or len(dataset)
 
-    @staticmethod
-    def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-        return n // (batch_size * world_size)
+    batches_per_epoch = staticmethod(batches_per_epoch)
 
     def draws(self) -> np.ndarray:
         """The epoch's combined indices, in order (before batching)."""
@@ -278,11 +277,7 @@ class SourceMixBatches:
         return draws[np.random.default_rng([self.seed, self.epoch, 1_000_003]).permutation(len(draws))]
 
     def __iter__(self) -> Iterator[list[int]]:
-        draws = self.draws()
-        per_step = self.batch_size * self.world_size
-        for b in range(self.start_batch, self.batches_per_epoch(self.epoch_size, self.batch_size, self.world_size)):
-            lo = b * per_step + self.rank * self.batch_size
-            yield draws[lo: lo + self.batch_size].tolist()
+        yield from shard_batches(self.draws(), self.batch_size, self.start_batch, self.rank, self.world_size)
 
     def __len__(self) -> int:
-        return max(0, self.batches_per_epoch(self.epoch_size, self.batch_size, self.world_size) - self.start_batch)
+        return max(0, batches_per_epoch(self.epoch_size, self.batch_size, self.world_size) - self.start_batch)

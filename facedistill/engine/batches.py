@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from facedistill.data.sharding import batches_per_epoch, shard_batches
+
 
 class EpochBatches(torch.utils.data.Sampler):
     """Batches of epoch ``epoch``: a permutation seeded by (seed, epoch), sharded over ranks.
@@ -17,20 +19,15 @@ class EpochBatches(torch.utils.data.Sampler):
         self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
         self.start_batch, self.rank, self.world_size = start_batch, rank, world_size
 
-    @staticmethod
-    def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
-        return n // (batch_size * world_size)
+    batches_per_epoch = staticmethod(batches_per_epoch)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         perm = torch.randperm(self.n, generator=g)
-        per_step = self.batch_size * self.world_size
-        for b in range(self.start_batch, self.batches_per_epoch(self.n, self.batch_size, self.world_size)):
-            lo = b * per_step + self.rank * self.batch_size
-            yield perm[lo: lo + self.batch_size].tolist()
+        yield from shard_batches(perm, self.batch_size, self.start_batch, self.rank, self.world_size)
 
     def __len__(self) -> int:
-        return max(0, self.batches_per_epoch(self.n, self.batch_size, self.world_size) - self.start_batch)
+        return max(0, batches_per_epoch(self.n, self.batch_size, self.world_size) - self.start_batch)
 
 
 def flip_mask(seed: int, step: int, batch_size: int, rank: int = 0) -> torch.Tensor:
