@@ -354,7 +354,7 @@ def _bench_onnx(entry: ModelEntry, batches: Sequence[int], threads_list: Sequenc
                 del sess
                 continue
             try:
-                times = time_runs(lambda: sess.run(None, feeds), warmup, runs, min_time)
+                times = time_runs(lambda s=sess: s.run(None, feeds), warmup, runs, min_time)
                 _apply_stats(row, times)
                 _memory_end(row, per_config, before)
                 del sess
@@ -402,7 +402,7 @@ def _bench_torch(entry: ModelEntry, batches: Sequence[int], threads_list: Sequen
                 x = torch.randn(batch, 3, size_px, size_px, generator=gen)
                 try:
                     with torch.inference_mode():
-                        times = time_runs(lambda: model(x), warmup, runs, min_time)
+                        times = time_runs(lambda m=model: m(x), warmup, runs, min_time)
                     _apply_stats(row, times)
                     _memory_end(row, per_config, before)
                 except Exception as e:
