@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="mobilefacenet_s")
     ap.add_argument("--embedding-size", type=int, default=128)
+    ap.add_argument("--also-arch", default="", help="comma-separated students timed beside --arch in the same "
+                                                    "rounds (e.g. mobilefacenet_s_relu6: no PReLU)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", default="1,2", help="intra-op thread counts for the training variants")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
@@ -248,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append(TrainVariant(f"channels_last t{t}", base, t, channels_last=True))
                 if bf16_ok or args.force_bf16:
                     variants.append(TrainVariant(f"bf16 channels_last t{t}", base, t, True, bf16=True))
+                for other in [a for a in args.also_arch.split(",") if a]:
+                    other_base = make_student(other, args.embedding_size)
+                    variants.append(TrainVariant(f"{other} contiguous t{t}", other_base, t, channels_last=False))
+                    variants.append(TrainVariant(f"{other} channels_last t{t}", other_base, t, channels_last=True))
                 if not args.no_compile:
                     first = next((v for v in variants if v.name.startswith("compile")), None)
                     variants.append(first.with_threads(f"compile channels_last t{t}", t) if first else
