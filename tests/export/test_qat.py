@@ -41,7 +41,7 @@ def test_qat_brings_the_int8_simulation_closer_and_returns_a_plain_model(tiny):
     assert res.cosine_after > res.cosine_before
 
 
-def test_qat_errors_say_what_to_do(tiny, train_set, tmp_path):
+def test_qat_errors_say_what_to_do(tiny, tiny_export, train_set, tmp_path):
     with pytest.raises(ExportError, match="QAT steps"):
         QATOptions(steps=0).validate()
     with pytest.raises(ExportError, match="at least"):
@@ -49,6 +49,9 @@ def test_qat_errors_say_what_to_do(tiny, train_set, tmp_path):
                      QATOptions(steps=1, batch_size=32))
     with pytest.raises(ExportError, match="needs --calib"):
         export_model(None, tmp_path / "m.onnx", loaded=tiny, int8=True, qat=QATOptions(steps=1), latency=False)
+    with pytest.raises(ExportError, match="needs the trained PyTorch student"):
+        export_model(tiny_export[0], tmp_path / "m.int8.onnx", int8=True, calib=train_set, qat=QATOptions(steps=1),
+                     latency=False)
     with pytest.raises(ExportError, match="add --int8"):
         export_model(None, tmp_path / "m.onnx", loaded=tiny, qat=QATOptions(steps=1), latency=False)
 
