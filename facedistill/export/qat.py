@@ -114,10 +114,10 @@ class WeightFakeQuant(nn.Module):
         self.per_channel = per_channel
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            if not self.per_channel:
-                scale = float(w.detach().abs().max().clamp_min(1e-12)) / self.qmax
-                return torch.fake_quantize_per_tensor_affine(w, scale, 0, -self.qmax, self.qmax)
+        if not self.per_channel:
+            scale = float(w.detach().abs().max().clamp_min(1e-12)) / self.qmax
+            return torch.fake_quantize_per_tensor_affine(w, scale, 0, -self.qmax, self.qmax)
+        with torch.no_grad():  # the scale follows the weight; the gradient goes to the weight only
             amax = w.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)
             scale = (amax / self.qmax).float()
             zero = torch.zeros_like(scale, dtype=torch.int32)

@@ -38,6 +38,9 @@ def test_qat_brings_the_int8_simulation_closer_and_returns_a_plain_model(tiny):
     assert res.quantized_convs == 6 and res.float_convs == 0 and res.images == 1200
     # the fine-tuned weights moved, and the simulated int8 model agrees better with fp32 on held-out faces
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # every trainable tensor learns, the PReLU slopes (quantized as constants of the fused rewrite) too
+    for k in ("stem.2.weight", "block.2.weight", "conv2.0.weight", "fc.weight"):
+        assert not torch.equal(before[k], model.state_dict()[k]), k
     assert res.cosine_after > res.cosine_before
 
 
