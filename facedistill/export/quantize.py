@@ -407,17 +407,21 @@ def quantize_weights_only(model: Any, node_names: Iterable[str],
             uses[i] = uses.get(i, 0) + 1
     converted: list[str] = []
     new_nodes = []
+
+    def store_fp16(name: str, value: np.ndarray) -> None:
+        """Replace initializer ``name`` by a float16 copy plus a Cast back to float (folded at load)."""
+        h_name = f"{name}_fp16"
+        model.graph.initializer.remove(inits[name])
+        model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float16), h_name))
+        new_nodes.append(helper.make_node("Cast", [h_name], [name], name=f"{name}_Cast", to=TensorProto.FLOAT))
+        converted.append(name)
+
     for node in model.graph.node:
         w_name = node.input[1] if len(node.input) > 1 else ""
         if node.name in names and w_name in inits and uses.get(w_name) == 1:
             w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
             if node.op_type == "Conv" and w.size >= conv_min_elements:
-                h_name = f"{w_name}_fp16"
-                model.graph.initializer.remove(inits[w_name])
-                model.graph.initializer.append(numpy_helper.from_array(w.astype(np.float16), h_name))
-                new_nodes.append(helper.make_node("Cast", [h_name], [w_name], name=f"{w_name}_Cast",
-                                                  to=TensorProto.FLOAT))
-                converted.append(w_name)
+                store_fp16(w_name, w)
             elif node.op_type in ("Gemm", "MatMul") and w.size >= min_elements and w.ndim == 2:
                 if node.op_type == "Gemm":
                     axis = 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
@@ -443,12 +447,7 @@ def quantize_weights_only(model: Any, node_names: Iterable[str],
                 if c_name in inits and uses.get(c_name) == 1 and c_name not in converted:
                     c = numpy_helper.to_array(inits[c_name])
                     if c.dtype == np.float32 and c.size >= FP16_CONST_MIN_ELEMENTS:
-                        h_name = f"{c_name}_fp16"
-                        model.graph.initializer.remove(inits[c_name])
-                        model.graph.initializer.append(numpy_helper.from_array(c.astype(np.float16), h_name))
-                        new_nodes.append(helper.make_node("Cast", [h_name], [c_name], name=f"{c_name}_Cast",
-                                                          to=TensorProto.FLOAT))
-                        converted.append(c_name)
+                        store_fp16(c_name, c)
         new_nodes.append(node)
     del model.graph.node[:]
     model.graph.node.extend(new_nodes)
