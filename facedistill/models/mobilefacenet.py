@@ -13,11 +13,16 @@ Naming quirks kept on purpose (they are what the checkpoints contain):
 * group counts are hard-coded (64 for the stem depthwise conv, 128/256/512 expansion widths)
   and do *not* follow ``scale``, as in the original.
 
-``activation``: ``prelu`` (the original) or ``relu6``/``relu``. The ReLU6 variant is the design of
+``activation``: ``prelu`` (the original), ``leaky`` or ``relu6``/``relu``. The ReLU6 variant is the design of
 public int8 MobileFaceNets: onnxruntime fuses Conv+Clip/Relu into QLinearConv, so every layer runs
 int8 back to back, while PReLU has no int8 kernel and costs extra ops between convs (see
 ``facedistill/export/quantize.py`` and docs/deploy.md). Parameter names are unchanged; the variant
 simply has no PReLU weights.
+
+``leaky``: LeakyReLU with PReLU's initial slope, 0.25, fixed. Trained PReLU students keep their slopes
+near that value (LFW student: per-channel 5-95% range 0.23-0.27), so the function class is about the
+same, while onnxruntime runs LeakyReLU in int8 (QLinearLeakyRelu) and fuses it into fp32 convs: the
+whole graph quantizes back to back with no float islands (docs/deploy.md, int8).
 """
 
 from __future__ import annotations
@@ -32,12 +37,15 @@ __all__ = ["MobileFaceNet", "get_mbf"]
 _Pair = tuple[int, int]
 
 
-ACTIVATIONS = ("prelu", "relu6", "relu")
+ACTIVATIONS = ("prelu", "leaky", "relu6", "relu")
+LEAKY_SLOPE = 0.25  # nn.PReLU's initial slope
 
 
 def _activation(kind: str, channels: int) -> nn.Module:
     if kind == "prelu":
         return nn.PReLU(channels)
+    if kind == "leaky":
+        return nn.LeakyReLU(LEAKY_SLOPE, inplace=False)
     if kind == "relu6":
         return nn.ReLU6(inplace=False)
     if kind == "relu":

@@ -43,6 +43,11 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     # public int8 MobileFaceNets; every layer quantizes to a fused int8 conv (docs/deploy.md, int8).
     "mobilefacenet_relu6": lambda emb: get_mbf(False, emb, activation="relu6"),
     "mobilefacenet_s_relu6": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1, activation="relu6"),
+    # LeakyReLU(0.25) instead of PReLU: onnxruntime has an int8 LeakyReLU, so the int8 graph has no
+    # float islands; the slopes trained PReLUs end with are close to 0.25 anyway (docs/results.md).
+    # Its state dict looks like the ReLU6 variant's (no slopes): load raw weights with --arch.
+    "mobilefacenet_leaky": lambda emb: get_mbf(False, emb, activation="leaky"),
+    "mobilefacenet_s_leaky": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1, activation="leaky"),
 }
 
 # arcface_torch's config names (``network = "r50"``) map to the canonical names.

@@ -1,6 +1,6 @@
 """The new int8 paths run on an emulated aarch64 CPU and agree with this host: a mixed-precision
-model (float islands inside an int8 graph), an all-int8 ReLU6 MobileFaceNet (`--int8-keep-float auto`
-on a network without PReLU), and an int8 model quantized from a foreign ONNX file.
+model (float islands inside an int8 graph), an all-int8 ReLU6 MobileFaceNet and an all-int8 LeakyReLU one
+(`--int8-keep-float auto` on a network without PReLU; QLinearLeakyRelu), and an int8 model quantized from a foreign ONNX file.
 
 Needs the emulated python of ../shared/arm/setup-arm64-emulator.sh (CI runs it); skips otherwise."""
 
@@ -44,6 +44,10 @@ def test_new_int8_paths_agree_on_emulated_arm(tiny, tiny_export, faces, train_se
     r6 = tmp_path / "relu6.int8.onnx"
     q = quantize_int8(src, r6, calib, Int8Options())
     assert q.keep_float == [] and q.quantized_ops.get("QuantizeLinear", 0) > 40  # all int8
+    leaky = settle_bn(create_backbone("mobilefacenet_s_leaky", 64), faces)
+    lk = tmp_path / "leaky.int8.onnx"
+    q = quantize_int8(torch_to_onnx(leaky, opset=17), lk, calib, Int8Options())
+    assert q.keep_float == [] and q.quantized_ops.get("QuantizeLinear", 0) > 70  # all int8, QLinearLeakyRelu
     foreign = tmp_path / "face.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -52,9 +56,9 @@ def test_new_int8_paths_agree_on_emulated_arm(tiny, tiny_export, faces, train_se
     f8 = tmp_path / "face.int8.onnx"
     export_model(foreign, f8, int8=True, calib=train_set, calib_images=16, parity_images=8, latency=False,
                  mean=127.5, std=127.5, channel_order="RGB")
-    report = verify_arm([mixed, r6, f8], cpu="cortex-a72", batch=1, threads=1, timeout=900)
+    report = verify_arm([mixed, r6, lk, f8], cpu="cortex-a72", batch=1, threads=1, timeout=900)
     assert report.target["machine"] == "aarch64"
     for r in report.results:
         assert r.passed and r.min_cosine >= max(0.999, r.threshold), r
-    assert [r.precision for r in report.results][1:] == ["int8", "int8"]
+    assert [r.precision for r in report.results][1:] == ["int8", "int8", "int8"]
     assert np.isfinite([r.min_cosine for r in report.results]).all()

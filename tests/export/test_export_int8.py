@@ -361,3 +361,24 @@ def test_zero_points_of_conv_weights_are_dropped_losslessly(tiny_export, faces, 
     x = Preprocessing().apply(faces[24:40])
     assert np.array_equal(run_onnx(ort_session(out), x), run_onnx(ort_session(full), x))
     assert optimized_op_counts(out).get("QLinearConv", 0) == 6
+
+
+def test_leaky_student_quantizes_without_float_islands(faces, tmp_path):
+    """`mobilefacenet_s_leaky`: onnxruntime runs every conv as QLinearConv and every activation as
+    QLinearLeakyRelu; one Q at the input and one DQ at the output, nothing float in between."""
+    import torch
+
+    from export_helpers import settle_bn
+    from facedistill.export.onnx_export import torch_to_onnx
+    from facedistill.models.registry import create_backbone
+
+    torch.manual_seed(0)
+    net = settle_bn(create_backbone("mobilefacenet_s_leaky", 64), faces)
+    src = torch_to_onnx(net, opset=17)
+    calib = Preprocessing().apply(faces[:16])
+    res = quantize_int8(src, tmp_path / "leaky.onnx", calib, Int8Options())
+    assert res.keep_float == [] and res.excluded_nodes == []
+    ops = optimized_op_counts(tmp_path / "leaky.onnx")
+    assert ops.get("QLinearLeakyRelu") == 33 and ops.get("QLinearConv") == 49, ops
+    assert ops.get("QuantizeLinear") == 1 and ops.get("DequantizeLinear") == 1, ops
+    assert not {"Conv", "LeakyRelu", "Mul"} & set(ops), ops

@@ -269,3 +269,25 @@ def test_mobilefacenet_relu6_variant() -> None:
     relu6.eval()
     with torch.no_grad():
         assert relu6(torch.randn(2, 3, 112, 112)).shape == (2, 8)
+
+
+def test_mobilefacenet_leaky_variant() -> None:
+    """LeakyReLU(0.25) where the original has PReLU: same parameter names minus the slopes, and the
+    same function as a PReLU network whose slopes are all 0.25 (PReLU's initial value)."""
+    from facedistill.models.mobilefacenet import LEAKY_SLOPE
+
+    torch.manual_seed(0)
+    prelu = create_backbone("mobilefacenet_s", embedding_size=8).eval()
+    leaky = create_backbone("mobilefacenet_s_leaky", embedding_size=8).eval()
+    acts = [m for m in leaky.modules() if isinstance(m, torch.nn.LeakyReLU)]
+    assert len(acts) == sum(isinstance(m, torch.nn.PReLU) for m in prelu.modules()) == 33
+    assert all(a.negative_slope == LEAKY_SLOPE for a in acts)
+    assert set(leaky.state_dict()) == set(create_backbone("mobilefacenet_s_relu6", 8).state_dict())
+    missing = leaky.load_state_dict(prelu.state_dict(), strict=False)
+    assert not missing.missing_keys and all(k.endswith(".weight") for k in missing.unexpected_keys)
+    for m in prelu.modules():
+        if isinstance(m, torch.nn.PReLU):
+            assert torch.allclose(m.weight, torch.full_like(m.weight, LEAKY_SLOPE))
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        torch.testing.assert_close(leaky(x), prelu(x), rtol=1e-4, atol=1e-4)
