@@ -11,6 +11,8 @@ Graphs (``--arch`` width, random weights with BatchNorm statistics set on real f
 * ``prelu int8 all lin`` every conv int8 (``--int8-keep-float stem,head``), PReLU as
                       s*x+(1-s)*relu(x) (``--int8-prelu linear``: a requantizing DQ->Q per PReLU)
 * ``prelu int8 all``  the same with ``--int8-prelu fused``: s*x+relu((1-s)*x), no requantize hops
+* ``leaky fp32``      the LeakyReLU(0.25) variant (``<arch>_leaky``), Conv+LeakyRelu fused
+* ``leaky int8 all``  every node int8 (``auto`` on a network without PReLU): QLinearConv + QLinearLeakyRelu
 * ``relu6 fp32``      the ReLU6 variant (``<arch>_relu6``), Conv+Clip fused
 * ``relu6 int8 all``  every conv int8 (``--int8-keep-float stem,head``)
 * ``relu6 int8 none`` every node int8 (``--int8-keep-float none``: the issue's anchor quantization)
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="mobilefacenet_s")
     ap.add_argument("--model", help="trained PReLU student (run folder or state dict) instead of random weights")
+    ap.add_argument("--leaky-model", help="trained LeakyReLU student (run folder) instead of random weights")
     ap.add_argument("--calib", required=True, help="packed face set for calibration and BatchNorm statistics")
     ap.add_argument("--calib-images", type=int, default=128)
     ap.add_argument("--embedding-size", type=int, default=128)
@@ -134,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         arch, emb = args.arch, args.embedding_size
         prelu_net = settle(create_backbone(arch, emb), faces)
     relu6_net = settle(create_backbone(f"{arch}_relu6", emb), faces)
+    if args.leaky_model:
+        from facedistill.models.checkpoints import load_backbone
+
+        leaky_net = load_backbone(args.leaky_model).model.eval()
+    else:
+        leaky_net = settle(create_backbone(f"{arch}_leaky", emb), faces)
 
     paths: dict[str, str] = {}
-    for tag, net in (("prelu", prelu_net), ("relu6", relu6_net)):
+    for tag, net in (("prelu", prelu_net), ("leaky", leaky_net), ("relu6", relu6_net)):
         proto = torch_to_onnx(net, opset=17)
         src = out / f"{tag}.fp32.raw.onnx"
         onnx.save(proto, str(src))
@@ -146,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx.save(fast, str(out / f"{tag}.fp32.onnx"))
         paths[f"{tag} fp32"] = str(out / f"{tag}.fp32.onnx")
         variants = {"all": (("stem", "head"), "fused"), "none": ((), "fused")} if tag == "relu6" else \
+            {"all": ((), "fused")} if tag == "leaky" else \
             {"dflt": (Int8Options().keep_float, "fused"), "all lin": (("stem", "head"), "linear"),
              "all": (("stem", "head"), "fused")}
         for name, (keep, mode) in variants.items():
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name, p in paths.items():
         ops = optimized_op_counts(p)
-        key = {k: ops[k] for k in ("QLinearConv", "Conv", "QLinearMul", "QLinearAdd", "Mul", "Add", "Relu",
+        key = {k: ops[k] for k in ("QLinearConv", "Conv", "QLinearLeakyRelu", "QLinearMul", "QLinearAdd", "Mul", "Add", "Relu",
                                    "QuantizeLinear", "DequantizeLinear", "Transpose") if ops.get(k)}
         rows[name] = {"mb": os.path.getsize(p) / 1e6, "b1_ms": b1[name], "b8_ms": b8[name], "ops": key}
         print(f"{name:<17}{rows[name]['mb']:6.2f}{b1[name]:8.2f}{b8[name]:8.2f}{fp32_prelu_b1 / b1[name]:17.2f}"

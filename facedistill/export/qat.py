@@ -16,6 +16,8 @@ onnxruntime, layer by layer:
   MinMax-style on batches of training faces, as the export calibrates, and held fixed in training;
 * PReLU, when the export quantizes it (``--int8-keep-float none``/``stem,head``): the fused rewrite
   ``s*x + relu((1-s)*x)`` with its constants and its three intermediate tensors quantized;
+* LeakyReLU (the ``*_leaky`` students): its output quantized (onnxruntime's QLinearLeakyRelu
+  requantizes after the conv's int8 output);
 * the Linear head: weight-only 8-bit when it stays float, a quantized-input QGemm otherwise;
 * layers the export keeps float (``Int8Options.keep_float``: the stem, the head, depthwise convs
   and PReLU of a PReLU network by default) stay float here too.
@@ -272,6 +274,8 @@ class _Simulation:
                     quantize_input(module)
             elif getattr(module, "residual", False) is True or type(module).__name__ == "IBasicBlock":
                 quantize_output(module)  # the residual Add runs as QLinearAdd
+            elif isinstance(module, nn.LeakyReLU):
+                quantize_output(module)  # QLinearLeakyRelu: its own output range
             elif isinstance(module, nn.PReLU) and "prelu" not in parts:
                 parent_name, _, child = name.rpartition(".")
                 parent = model.get_submodule(parent_name) if parent_name else model
