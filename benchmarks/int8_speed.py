@@ -21,6 +21,8 @@ Usage::
 
     python benchmarks/int8_speed.py --calib data/lfw112/train
     python benchmarks/int8_speed.py --calib data/lfw112/train --model runs/int8-student --json speed.json
+    python benchmarks/int8_speed.py --calib data/lfw112/train --model runs/prelu --leaky-model runs/leaky \\
+        --extra "leaky int8 mixed=runs/deploy/leaky.int8.onnx"
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embedding-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=PATH",
+                    help="also time an ONNX file exported elsewhere (e.g. a mixed-precision int8); repeatable")
     ap.add_argument("--out-dir")
     ap.add_argument("--json")
     ap.add_argument("--no-profile", action="store_true")
@@ -162,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
             p = out / f"{tag}.int8.{name.replace(' ', '-')}.onnx"
             quantize_int8(str(src), p, x_calib, Int8Options(keep_float=keep, prelu=mode))
             paths[f"{tag} int8 {name}"] = str(p)
+    for item in args.extra:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            ap.error(f"--extra {item!r}: expected NAME=PATH of an existing ONNX file")
+        paths[name.strip()] = path
     b1 = time_all(paths, 1, args.rounds, args.runs)
     b8 = time_all(paths, 8, args.rounds, max(2, args.runs // 4))
     fp32_prelu_b1, fp32_prelu_b8 = b1["prelu fp32"], b8["prelu fp32"]

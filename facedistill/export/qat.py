@@ -13,7 +13,8 @@ onnxruntime, layer by layer:
   unfolded weight the same as quantizing the folded one;
 * activations at the input and the output (after the folded BatchNorm) of those convs, and at the
   output of residual Adds (QLinearAdd): uint8 asymmetric fake quantization whose ranges are set
-  MinMax-style on batches of training faces, as the export calibrates, and held fixed in training;
+  MinMax-style on batches of training faces (the export's `--int8-calib-method minmax`; its default,
+  percentile 99.999, clips a few more outliers), and held fixed in training;
 * PReLU, when the export quantizes it (``--int8-keep-float none``/``stem,head``): the fused rewrite
   ``s*x + relu((1-s)*x)`` with its constants and its three intermediate tensors quantized;
 * LeakyReLU (the ``*_leaky`` students): its output quantized (onnxruntime's QLinearLeakyRelu
@@ -285,7 +286,7 @@ class _Simulation:
                 self.swapped.append((parent, child, module))
 
     def calibrate(self, batches: Any) -> None:
-        """Reset every activation range and set it from ``batches`` (MinMax, as the export calibrates)."""
+        """Reset every activation range and set it from ``batches`` (MinMax, as ``--int8-calib-method minmax``)."""
         for fq in self.observers:
             fq.lo.zero_()
             fq.hi.zero_()
@@ -319,7 +320,7 @@ def qat_finetune(model: Any, images: Any, preprocess: Callable[[np.ndarray], np.
     :class:`Preprocessing.apply`). ``keep_float``: the export's ``Int8Options.keep_float``.
     ``progress(step, steps, loss)`` is called after every step. ``model`` itself is not changed.
     The activation ranges are set MinMax-style on ``calib_batches`` batches of training faces before
-    training (and held fixed while it runs) and again at the end, as the export will calibrate.
+    training (and held fixed while it runs) and again at the end.
     """
     import torch.nn.functional as F
 

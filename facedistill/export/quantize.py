@@ -11,7 +11,7 @@ Pipeline (:func:`quantize_int8`)::
       -> quantize_static     QDQ, symmetric per-channel int8 weights in 7 bits (``reduce_range``: no
                              saturation in x86 kernels without VNNI), uint8 activations, calibration
                              on real face images streamed one batch per collect (bounded memory;
-                             MinMax by default, Entropy and Percentile selectable), nodes of the parts
+                             Percentile 99.999 by default, MinMax and Entropy selectable), nodes of the parts
                              in ``keep_float`` excluded (``auto``: stem/head/depthwise/PReLU in a PReLU
                              network, nothing otherwise)
       -> compact storage     weights of the excluded (float) layers: the head's Linear as
@@ -127,7 +127,7 @@ MAX_INT8_OPSET = 20
 class Int8Options:
     """Settings of :func:`quantize_int8` (all have CLI flags)."""
 
-    method: str = "minmax"
+    method: str = "percentile"  # measured best on trained students (docs/results.md, session 5)
     prelu: str = DEFAULT_PRELU_MODE
     keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT  # parts (KNOWN_PARTS) and/or node names
     per_channel: bool = True

@@ -46,7 +46,10 @@ def test_new_int8_paths_agree_on_emulated_arm(tiny, tiny_export, faces, train_se
     assert q.keep_float == [] and q.quantized_ops.get("QuantizeLinear", 0) > 40  # all int8
     leaky = settle_bn(create_backbone("mobilefacenet_s_leaky", 64), faces)
     lk = tmp_path / "leaky.int8.onnx"
-    q = quantize_int8(torch_to_onnx(leaky, opset=17), lk, calib, Int8Options())
+    # minmax: with percentile ranges this *random* network amplifies rounding ties until the two CPUs
+    # disagree (max |d| 0.26); the trained LeakyReLU LFW student's percentile int8 agrees at 0.9997
+    # (`facedistill verify-arm`, docs/results.md)
+    q = quantize_int8(torch_to_onnx(leaky, opset=17), lk, calib, Int8Options(method="minmax"))
     assert q.keep_float == [] and q.quantized_ops.get("QuantizeLinear", 0) > 70  # all int8, QLinearLeakyRelu
     foreign = tmp_path / "face.onnx"
     with warnings.catch_warnings():

@@ -152,7 +152,7 @@ def test_export_int8_with_verify(tiny, tmp_path, train_set, pair_set):
     assert a8.cosine_mean is not None and a8.cosine_mean >= 0.99
     assert a8.latency_ms_b1 > 0 and a32.latency_ms_b1 > 0
     assert a8.size_bytes < a32.size_bytes
-    assert report.calibration == {"source": str(train_set), "images": 32, "method": "minmax", "batch": 16,
+    assert report.calibration == {"source": str(train_set), "images": 32, "method": "percentile", "batch": 16,
                                   "streamed": True}
     meta = read_metadata(a8.path)
     assert meta["precision"] == "int8" and meta["int8_prelu"] == "fused"
