@@ -328,6 +328,8 @@ class Trainer:
                 tic = time.time()
                 row = self.train_step(self.prepare_batch(images, labels, index))
                 row["images_per_s"] = round(len(index) * self.dist.world_size / max(time.time() - tic, 1e-9), 2)
+                # wall clock since the run began (earlier sessions included): accuracy against time budgets
+                row["wall_s"] = round(self.wall_before + time.time() - self.start_time, 1)
                 self.after_step(row, metrics_file)
         finally:
             if metrics_file:

@@ -69,6 +69,8 @@ def test_teacher_training_run_writes_outputs(tmp_path, tiny_synthetic):
     rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert all("loss_margin" in r for r in rows)
+    walls = [r["wall_s"] for r in rows]  # wall clock per step, for accuracy-against-time curves
+    assert walls == sorted(walls) and walls[-1] <= summary["wall_time_s"] + 0.1
     state = torch.load(run / "student.pt", weights_only=True)
     model = create_backbone("mobilefacenet_s", 32)
     model.load_state_dict(state)  # student.pt is a plain backbone state dict
@@ -139,8 +141,11 @@ def test_sigkill_and_resume_gives_identical_weights(tmp_path, tiny_synthetic, te
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    steps = [json.loads(l)["step"] for l in (tmp_path / "runs" / "killed" / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(l) for l in (tmp_path / "runs" / "killed" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 12
+    resumed = [r["wall_s"] for r in rows if r["step"] > step]  # the resumed session counts on from its checkpoint
+    assert resumed and min(resumed) >= killed_state["wall_time_s"]
     # The summary's wall time covers both sessions; the resumed session's own time is kept apart.
     summary = json.loads((tmp_path / "runs" / "killed" / "summary.json").read_text())
     assert summary["resumed_from_step"] == step
