@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from facedistill.data.packed import PackedDataset
     from facedistill.export.onnx_export import spread_over_identities, torch_to_onnx
     from facedistill.export.quantize import Int8Options, optimized_op_counts, quantize_int8, rewrite_prelu
+    from facedistill.models.checkpoints import load_backbone
     from facedistill.models.registry import create_backbone
 
     torch.set_num_threads(1)
@@ -132,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(0)
     if args.model:
-        from facedistill.models.checkpoints import load_backbone
-
         loaded = load_backbone(args.model)
         prelu_net, emb = loaded.model.eval(), loaded.embedding_size
         arch = loaded.arch
@@ -142,8 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         prelu_net = settle(create_backbone(arch, emb), faces)
     relu6_net = settle(create_backbone(f"{arch}_relu6", emb), faces)
     if args.leaky_model:
-        from facedistill.models.checkpoints import load_backbone
-
         leaky_net = load_backbone(args.leaky_model).model.eval()
     else:
         leaky_net = settle(create_backbone(f"{arch}_leaky", emb), faces)
@@ -180,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for name, p in paths.items():
         ops = optimized_op_counts(p)
-        key = {k: ops[k] for k in ("QLinearConv", "Conv", "QLinearLeakyRelu", "QLinearMul", "QLinearAdd", "Mul", "Add", "Relu",
-                                   "QuantizeLinear", "DequantizeLinear", "Transpose") if ops.get(k)}
+        key = {k: ops[k] for k in ("QLinearConv", "Conv", "QLinearLeakyRelu", "QLinearMul", "QLinearAdd", "Mul", "Add",
+                                   "Relu", "QuantizeLinear", "DequantizeLinear", "Transpose") if ops.get(k)}
         rows[name] = {"mb": os.path.getsize(p) / 1e6, "b1_ms": b1[name], "b8_ms": b8[name], "ops": key}
         print(f"{name:<17}{rows[name]['mb']:6.2f}{b1[name]:8.2f}{b8[name]:8.2f}{fp32_prelu_b1 / b1[name]:17.2f}"
               f"{fp32_prelu_b8 / b8[name]:6.2f}  {key}")
