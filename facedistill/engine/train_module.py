@@ -24,17 +24,23 @@ class TrainModule(nn.Module):
         self.projector = projector
         self.objective = objective
         self.margin_weight = margin_weight
+        # Set by the trainer: the student's forward runs under autocast to this dtype (bf16 on CPU,
+        # fp16 on CUDA); heads and losses always run in fp32 (engine/precision.py says why).
+        self.autocast_dtype: torch.dtype | None = None
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor, teacher_emb: torch.Tensor | None,
                 step: int) -> dict[str, torch.Tensor]:
-        emb = self.student(x)
+        with torch.autocast(x.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            emb = self.student(x)
+        emb = emb.float()
         out: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=emb.device)
         if self.head is not None:
-            out["margin"] = self.head(emb.float(), labels)
+            out["margin"] = self.head(emb, labels)
             total = total + self.margin_weight * out["margin"]
         if self.objective is not None and teacher_emb is not None:
-            proj = self.projector(emb.float()) if self.projector is not None else emb.float()
+            proj = self.projector(emb) if self.projector is not None else emb
             terms = self.objective(proj, teacher_emb.float(), labels, step)
             total = total + terms.pop("distill")
             out.update(terms)

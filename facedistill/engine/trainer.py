@@ -276,8 +276,13 @@ class Trainer:
 
             self.precision = resolve_precision(cfg.train.precision, "cpu")
             self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
+            if self.autocast_dtype is not None:
+                from facedistill.engine.precision import keep_depthwise_fp32
+
+                keep_depthwise_fp32(self.student)  # oneDNN's bf16 depthwise backward is the slow path
         else:
             self.precision = "fp16-amp" if self.use_amp else "fp32"
+        self.module.autocast_dtype = self.autocast_dtype
 
     def build_forward(self) -> None:
         """What the loop calls: the module, wrapped for DDP and compiled when the recipe asks."""
@@ -404,9 +409,7 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """Forward, check, backward, update; returns the step's metrics row."""
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            out = self.forward(batch.x, batch.labels, batch.teacher_emb, self.step)
+        out = self.forward(batch.x, batch.labels, batch.teacher_emb, self.step)  # autocast inside: TrainModule
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise self._diverged(out)
