@@ -10,9 +10,11 @@ SGD with momentum. Variants:
 
 * ``contiguous``: NCHW fp32 eager; ``channels_last``: NHWC fp32 eager (the recipe default
   ``train.channels_last: true``);
-* ``bf16``: channels_last + ``torch.autocast("cpu", bfloat16)``; run only where the CPU has
-  AVX512-BF16 or AMX (read from /proc/cpuinfo and ``torch.backends.cpu.get_cpu_capability()``),
-  otherwise reported as skipped (``--force-bf16`` runs it anyway, emulated and slow);
+* ``bf16``: channels_last + ``torch.autocast("cpu", bfloat16)``, with every convolution in bf16
+  (``bf16 all``) and with the depthwise ones kept fp32 (``bf16 dw-fp32``: what ``train.precision:
+  bf16`` runs, see ``facedistill/engine/precision.py``); run only where the CPU has AVX512-BF16 or
+  AMX (read from /proc/cpuinfo and ``torch.backends.cpu.get_cpu_capability()``), otherwise reported
+  as skipped (``--force-bf16`` runs it anyway, emulated and slow);
 * ``compile``: channels_last + ``torch.compile`` (inductor; compile time reported apart);
 * each at 1 and 2 intra-op threads (``--threads``);
 * loader: the full step including ``DataLoader`` over a packed set (``--data``, default
@@ -64,11 +66,15 @@ class TrainVariant:
     """One training configuration: its own copy of the model and optimizer, stepped on demand."""
 
     def __init__(self, name: str, base, threads: int, channels_last: bool, bf16: bool = False,
-                 compile_model: bool = False) -> None:
+                 compile_model: bool = False, depthwise_fp32: bool = False) -> None:
         import torch
 
         self.name, self.threads, self.channels_last, self.bf16 = name, threads, channels_last, bf16
         self.model = copy.deepcopy(base).train()
+        if depthwise_fp32:   # what the trainer does under train.precision bf16
+            from facedistill.engine.precision import keep_depthwise_fp32
+
+            keep_depthwise_fp32(self.model)
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model.to(memory_format=self.fmt)
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -249,11 +255,16 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append(TrainVariant(f"contiguous t{t}", base, t, channels_last=False))
                 variants.append(TrainVariant(f"channels_last t{t}", base, t, channels_last=True))
                 if bf16_ok or args.force_bf16:
-                    variants.append(TrainVariant(f"bf16 channels_last t{t}", base, t, True, bf16=True))
+                    variants.append(TrainVariant(f"bf16 all channels_last t{t}", base, t, True, bf16=True))
+                    variants.append(TrainVariant(f"bf16 dw-fp32 channels_last t{t}", base, t, True, bf16=True,
+                                                 depthwise_fp32=True))
                 for other in [a for a in args.also_arch.split(",") if a]:
                     other_base = make_student(other, args.embedding_size)
                     variants.append(TrainVariant(f"{other} contiguous t{t}", other_base, t, channels_last=False))
                     variants.append(TrainVariant(f"{other} channels_last t{t}", other_base, t, channels_last=True))
+                    if bf16_ok or args.force_bf16:
+                        variants.append(TrainVariant(f"{other} bf16 dw-fp32 channels_last t{t}", other_base, t, True,
+                                                     bf16=True, depthwise_fp32=True))
                 if not args.no_compile:
                     first = next((v for v in variants if v.name.startswith("compile")), None)
                     variants.append(first.with_threads(f"compile channels_last t{t}", t) if first else

@@ -33,8 +33,11 @@ def print_export_table(report) -> None:
     console.print(table)
     if report.verification and "drop_points" in report.verification:
         v = report.verification
+        paired = v.get("paired")
         console.print(f"verification on {v['set']}: fp32 {v['fp32']['accuracy']:.2f}%  int8 "
-                      f"{v['int8']['accuracy']:.2f}%  drop {v['drop_points']:.2f} points")
+                      f"{v['int8']['accuracy']:.2f}%  drop {v['drop_points']:.2f} points"
+                      + (f" ({paired['lost']} pairs lost, {paired['gained']} gained, paired test "
+                         f"p = {paired['p_value']:.3g})" if paired else ""))
     if report.artifacts and report.artifacts[0].latency_threads:
         console.print(f"[dim]latency: quick onnxruntime timing, batch 1, {report.artifacts[0].latency_threads} "
                       "thread(s); use `facedistill benchmark` for real numbers[/]")
@@ -81,7 +84,10 @@ def export(
     min_cosine: float = typer.Option(0.99, "--int8-min-cosine", help="int8 gate: minimum mean per-image "
                                                                       "cosine to fp32."),
     max_drop: float = typer.Option(0.5, "--int8-max-drop", help="int8 gate with --verify: maximum accuracy "
-                                                                 "drop in points."),
+                                                                 "drop in points..."),
+    drop_alpha: float = typer.Option(0.05, "--int8-drop-alpha", min=0.0, max=1.0,
+                                     help="... that refuses only when a paired test over the pairs says the drop "
+                                          "is real (p < this); 1 refuses every drop over --int8-max-drop."),
     mixed: bool = typer.Option(True, "--int8-mixed/--no-int8-mixed",
                                help="When plain int8 fails its gate: measure each layer's int8 damage and keep "
                                     "the fewest layers float that pass, before refusing (default on)."),
@@ -137,7 +143,8 @@ def export(
                               calib_images=calib_images, int8_options=options, fp16=fp16, fp32_prelu=fp32_prelu,
                               opset=opset,
                               batch=batch_arg, simplify=simplify, verify=verify, parity_images=parity_images,
-                              int8_min_cosine=min_cosine, int8_max_drop=max_drop, latency=not no_latency,
+                              int8_min_cosine=min_cosine, int8_max_drop=max_drop, int8_drop_alpha=drop_alpha,
+                              latency=not no_latency,
                               latency_threads=threads, keep_rejected=keep_rejected, int8_mixed=mixed,
                               mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"),
                               channel_order=channel_order, qat=qat, progress=say)

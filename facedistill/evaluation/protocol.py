@@ -63,6 +63,7 @@ __all__ = [
     "far_key",
     "kfold_slices",
     "pair_scores",
+    "paired_accuracy_test",
     "roc_curve",
     "verification_metrics",
 ]
@@ -233,6 +234,9 @@ class VerificationResult:
     far: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     tar: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     roc_thresholds: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    # per pair: judged right at its fold's threshold (the k-fold accuracy counts exactly these), so
+    # two models on the same pairs can be compared pair by pair (a paired test, not two accuracies)
+    pair_correct: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (plain floats/ints/lists; the arrays are left out)."""
@@ -348,6 +352,9 @@ def verification_metrics(
         best = int(np.argmax(acc_train))
         fold_thr[f] = thr[best]
         fold_acc[f] = float(correct[f, best]) / float(size)
+    pair_correct = np.empty(n, dtype=bool)
+    for f, idx in enumerate(members):   # accepted = distance < threshold, as _accepts_below counts
+        pair_correct[idx] = (scores[idx] < fold_thr[f]) == same_arr[idx]
 
     # --- ROC over all pairs ---------------------------------------------------------------------------
     far_full, tar_full, thr_full = _roc_full(scores, same_arr, n_pos, n_neg)
@@ -393,6 +400,7 @@ def verification_metrics(
         far=far_c,
         tar=tar_c,
         roc_thresholds=thr_c,
+        pair_correct=pair_correct,
     )
 
 
@@ -458,3 +466,23 @@ def _eer(far: np.ndarray, tar: np.ndarray) -> float:
     d0, d1 = d[i - 1], d[i]
     t = d0 / (d0 - d1) if d0 != d1 else 0.0
     return float(far[i - 1] + t * (far[i] - far[i - 1]))
+
+
+def paired_accuracy_test(first_correct: np.ndarray, second_correct: np.ndarray) -> dict[str, Any]:
+    """Is the second model's accuracy on the same pairs really lower? One-sided exact McNemar test.
+
+    Only pairs the two models judge differently carry information: ``lost`` (right before, wrong
+    after) and ``gained``. Under "no difference" each of those ``lost + gained`` pairs goes either
+    way with probability 1/2, so ``p_value`` = P(Binomial(lost + gained, 1/2) >= lost). A drop of a
+    few pairs out of 600 that a coin would produce as often is not evidence (p well above 0.05).
+    """
+    a = np.asarray(first_correct, dtype=bool).reshape(-1)
+    b = np.asarray(second_correct, dtype=bool).reshape(-1)
+    if a.shape != b.shape:
+        raise DataError(f"paired test needs the same pairs: got {a.size} and {b.size} judgements")
+    lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+    n = lost + gained
+    p = sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n if n else 1.0
+    return {"pairs": int(a.size), "lost": lost, "gained": gained, "p_value": float(p),
+            "drop_points": 100.0 * (lost - gained) / a.size if a.size else 0.0}
+

@@ -124,6 +124,7 @@ def _batch_works(model: Any, size: int) -> bool:
 def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib: str | os.PathLike | None,
                      calib_images: int, int8_options: Int8Options | None = None, verify: Any = None,
                      parity_images: int = 64, min_cosine: float = 0.99, max_drop: float = 0.5,
+                     drop_alpha: float = 0.05,
                      mean: Any = None, std: Any = None, channel_order: str | None = None,
                      latency: bool = True, latency_threads: int = 1, keep_rejected: bool = False,
                      int8_mixed: bool = True, seed: int = 0, progress: Any = None) -> Any:
@@ -166,7 +167,8 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
     report = ExportReport(
         source=str(source), arch=meta.get("architecture") or f"onnx:{source.stem}", embedding_size=int(orig.shape[1]),
         opset=opset, batch="dynamic" if dynamic else "fixed", simplified=False, preprocessing=pre.to_dict(),
-        thresholds={"int8_min_mean_cosine": min_cosine, "int8_max_accuracy_drop_points": max_drop}, notes=notes,
+        thresholds={"int8_min_mean_cosine": min_cosine, "int8_max_accuracy_drop_points": max_drop,
+                    "int8_drop_alpha": drop_alpha}, notes=notes,
         parity_source=imgs.parity_source)
 
     def fail(message: str) -> ExportGateError:
@@ -195,7 +197,8 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
                         "source_sha256_prefix": _sha_prefix(source)}
         _say(progress, "quantizing")
         int8_stage(report, model, fp32_path, ref, x_parity, imgs, pre, opts, base_meta, source_extra,
-                   verify=verify, min_cosine=min_cosine, max_drop=max_drop, keep_rejected=keep_rejected,
+                   verify=verify, min_cosine=min_cosine, max_drop=max_drop, drop_alpha=drop_alpha,
+                   keep_rejected=keep_rejected,
                    mixed=int8_mixed, fail=fail, progress=progress, int8_path=out)
         if latency:
             fp32_art.latency_ms_b1 = round(quick_latency_ms(fp32_path, size, threads=latency_threads), 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 import tracemalloc
 
@@ -12,6 +13,7 @@ import pytest
 from facedistill.errors import DataError
 from facedistill.evaluation.protocol import (
     VerificationResult,
+    assign_folds,
     far_key,
     kfold_slices,
     pair_scores,
@@ -309,3 +311,34 @@ def test_bad_fold_scheme_and_ids():
         verification_metrics(dist, same, folds=np.zeros(10, dtype=int))
     with pytest.raises(DataError, match="at least 2"):
         verification_metrics(dist, same, folds=np.zeros(200, dtype=int))
+
+
+def test_pair_correct_is_what_the_fold_accuracies_count():
+    rng = np.random.default_rng(3)
+    same = np.repeat([True, False], 300)
+    scores = np.where(same, rng.normal(0.8, 0.3, 600), rng.normal(1.3, 0.3, 600))
+    res = verification_metrics(scores, same, nfolds=10, folds="balanced")
+    fold_ids, _ = assign_folds(same, 10, "balanced")
+    for f, acc in enumerate(res.fold_accuracies):
+        assert res.pair_correct[fold_ids == f].mean() == pytest.approx(acc)
+    assert res.pair_correct.mean() == pytest.approx(res.accuracy)  # equal-sized folds
+
+
+def test_paired_accuracy_test_is_an_exact_one_sided_mcnemar():
+    from facedistill.evaluation.protocol import paired_accuracy_test
+
+    first = np.ones(600, bool)
+    second = first.copy()
+    second[:10] = False     # 10 lost
+    first[590:] = False     # 10 judged wrong by the first model only: 10 gained
+    first[580:583] = False
+    second[580:583] = False  # wrong in both: carry no information
+    r = paired_accuracy_test(first, second)
+    assert (r["lost"], r["gained"], r["pairs"]) == (10, 10, 600)
+    assert r["p_value"] == pytest.approx(sum(math.comb(20, k) for k in range(10, 21)) / 2 ** 20)
+    assert r["drop_points"] == 0.0
+    r = paired_accuracy_test(np.ones(5, bool), np.array([0, 0, 0, 1, 1], bool))
+    assert (r["lost"], r["gained"]) == (3, 0) and r["p_value"] == pytest.approx(1 / 8)
+    assert paired_accuracy_test(np.ones(4, bool), np.ones(4, bool))["p_value"] == 1.0
+    with pytest.raises(DataError, match="same pairs"):
+        paired_accuracy_test(np.ones(4, bool), np.ones(5, bool))

@@ -186,10 +186,44 @@ def test_int8_rejected_model_kept_on_request(tiny, tmp_path):
 
 
 def test_int8_accuracy_drop_gate(tiny, tmp_path, pair_set):
+    """alpha 1: the bare threshold (every drop over --int8-max-drop refuses)."""
     with pytest.raises(ExportGateError, match="accuracy drops"):
         export_model(None, tmp_path / "s.onnx", loaded=tiny, int8=True, calib_images=16, parity_images=8,
-                     verify=pair_set, latency=False, int8_max_drop=-100.0)
+                     verify=pair_set, latency=False, int8_max_drop=-100.0, int8_drop_alpha=1.0)
     assert not (tmp_path / "s.int8.onnx").exists()
+
+
+def test_int8_accuracy_drop_gate_ignores_noise(tiny, tmp_path, pair_set):
+    """The default gate refuses a drop only when the paired test over the pairs says it is real."""
+    report = export_model(None, tmp_path / "s.onnx", loaded=tiny, int8=True, calib_images=16, parity_images=8,
+                          verify=pair_set, latency=False, int8_max_drop=-100.0, int8_mixed=False)
+    assert report.passed, report.failure
+    v = report.verification
+    paired = v["paired"]
+    assert paired["pairs"] == 100 and v["drop_alpha"] == 0.05
+    assert paired["p_value"] >= 0.05   # the same tiny model in int8: no real drop
+    # lost - gained pairs over all pairs is the drop (equal-sized balanced folds)
+    assert v["drop_points"] == pytest.approx(100 * (paired["lost"] - paired["gained"]) / paired["pairs"], abs=0.5)
+
+
+@pytest.mark.parametrize("lost,gained,refused", [(10, 3, True), (12, 5, False), (7, 0, True), (3, 0, False)])
+def test_accuracy_drop_problem_needs_a_real_drop(lost, gained, refused):
+    from facedistill.evaluation.protocol import paired_accuracy_test
+    from facedistill.export.onnx_export import accuracy_drop_problem
+
+    n = 600
+    ok32 = np.ones(n, bool)
+    ok8 = ok32.copy()
+    ok32[:gained] = False          # pairs int8 gets right and fp32 not
+    ok8[gained:gained + lost] = False
+    paired = paired_accuracy_test(ok32, ok8)
+    acc32, acc8 = 100 * ok32.mean(), 100 * ok8.mean()
+    problem = accuracy_drop_problem(acc32, acc8, paired, max_drop=0.5, alpha=0.05)
+    assert (problem is not None) == refused
+    if refused:
+        assert f"{lost} pairs lost, {gained} gained" in problem
+    bare = accuracy_drop_problem(acc32, acc8, paired, max_drop=0.5, alpha=1.0)  # the bare threshold
+    assert (bare is not None) == (acc32 - acc8 > 0.5)
 
 
 def test_fp16_export(tiny, tmp_path, faces):
