@@ -120,9 +120,10 @@ class TrainConfig:
     amp: bool = True  # CUDA only; ignored on CPU
     compile: bool = False
     channels_last: bool = True  # NHWC activations: ~3x faster grouped-conv training on CPU
-    # fp32 | bf16 | auto (bf16 autocast on CPUs with AVX512-BF16/AMX, else fp32). fp32 by default until
-    # bf16 accuracy parity is measured on such a CPU (none was available when this was written).
-    precision: str = "fp32"
+    # fp32 | bf16 | auto: bf16 autocast (depthwise convs and losses in fp32, engine/precision.py) on
+    # CPUs with AVX512-BF16/AMX, else fp32. On a Xeon with AMX, bf16 trained the LFW student 1.2-1.3x
+    # faster and as accurately (docs/results.md, "bf16 training"); CUDA keeps train.amp.
+    precision: str = "auto"
     threads: Optional[int] = None  # torch intra-op threads on CPU
     precise_bn_images: int = 512  # re-estimate BatchNorm stats on this many images before eval/save
     checkpoint_every: int = 200  # steps
@@ -171,11 +172,19 @@ class Recipe:
         """A short stable hash of what was trained (name and output folder excluded).
 
         Keys in ``HASH_NEUTRAL`` at their neutral value are left out, so upgrading facedistill does
-        not turn every finished run into a stale one.
+        not turn every finished run into a stale one; ``train.precision: auto`` counts as what it
+        resolves to on this CPU.
         """
         data = self.to_dict()
         data.pop("name", None)
         data.pop("output_dir", None)
+        train = data.get("train", {})
+        if train.get("precision") == "auto":
+            # hash what trains: auto is fp32 on most CPUs (the old runs' hash) and bf16 where the CPU has
+            # it, so an fp32 run is never continued in bf16 on another machine
+            from facedistill.bench.sysinfo import resolve_precision
+
+            train["precision"] = resolve_precision("auto", "cpu")
         for dotted, neutral in HASH_NEUTRAL.items():
             *parents, key = dotted.split(".")
             section = data

@@ -159,7 +159,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     import hashlib
     import json
 
-    recipe = load_recipe(write(tmp_path, "a.yaml", {"loss": {"distill": {"type": "none"}}}))
+    recipe = load_recipe(write(tmp_path, "a.yaml", {"train": {"precision": "fp32"}, "loss": {"distill": {"type": "none"}}}))
     old = recipe.to_dict()
     for key in ("name", "output_dir"):
         old.pop(key)
@@ -171,12 +171,28 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     assert bf16.hash() != old_hash
 
 
+def test_precision_auto_is_the_default_and_hashes_as_what_it_resolves_to(tmp_path, monkeypatch):
+    """Default `auto`: on a CPU without bf16 it hashes like fp32 (older runs stay current); with bf16 it
+    hashes like bf16, so an fp32 run is not continued in bf16 on another machine."""
+    import facedistill.bench.sysinfo as sysinfo
+
+    spec = {"loss": {"distill": {"type": "none"}}}
+    fp32 = load_recipe(write(tmp_path, "f.yaml", {**spec, "train": {"precision": "fp32"}})).hash()
+    bf16 = load_recipe(write(tmp_path, "b.yaml", {**spec, "train": {"precision": "bf16"}})).hash()
+    auto = load_recipe(write(tmp_path, "a.yaml", spec))
+    assert auto.train.precision == "auto"
+    monkeypatch.setattr(sysinfo, "cpu_bf16_support", lambda text=None: (False, "test"))
+    assert auto.hash() == fp32
+    monkeypatch.setattr(sysinfo, "cpu_bf16_support", lambda text=None: (True, "test"))
+    assert auto.hash() == bf16
+
+
 def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
     """`data.augment`, `teacher.views` and `teacher.online` came later: off, they leave the hash as it was."""
     import hashlib
     import json
 
-    recipe = load_recipe(write(tmp_path, "a.yaml", {"loss": {"distill": {"type": "none"}}}))
+    recipe = load_recipe(write(tmp_path, "a.yaml", {"train": {"precision": "fp32"}, "loss": {"distill": {"type": "none"}}}))
     old = recipe.to_dict()
     for key in ("name", "output_dir"):
         old.pop(key)
