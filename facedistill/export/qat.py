@@ -227,6 +227,21 @@ def _following_norm(model: Any, conv_name: str) -> Any:
     return None
 
 
+def _following_activation(model: Any, conv_name: str) -> Any:
+    """The activation after a conv (and its BatchNorm) in the same Sequential, or None."""
+    parent_name, _, child = conv_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential):
+        names = list(parent._modules)
+        for nxt in names[names.index(child) + 1:]:
+            module = parent._modules[nxt]
+            if isinstance(module, (nn.LeakyReLU, nn.PReLU, nn.ReLU, nn.ReLU6)):
+                return module
+            if not isinstance(module, nn.BatchNorm2d):
+                break
+    return None
+
+
 def _mean_cosine(a: Any, b: Any) -> float:
     import torch.nn.functional as F
 
@@ -236,8 +251,11 @@ def _mean_cosine(a: Any, b: Any) -> float:
 class _Simulation:
     """The int8 simulation installed on a model (hooks, parametrizations, swapped PReLUs) and its removal."""
 
-    def __init__(self, model: nn.Module, quantized: list[str], parts: set[str], bits: int) -> None:
+    def __init__(self, model: nn.Module, quantized: list[str], parts: set[str], bits: int,
+                 float_modules: Sequence[nn.Module] = ()) -> None:
         from torch.nn.utils import parametrize
+
+        float_ids = {id(m) for m in float_modules}  # activations the export keeps float (the stem's)
 
         self.model, self.quantized = model, quantized
         self.observers: list[ActivationFakeQuant] = []
@@ -275,7 +293,7 @@ class _Simulation:
                     quantize_input(module)
             elif getattr(module, "residual", False) is True or type(module).__name__ == "IBasicBlock":
                 quantize_output(module)  # the residual Add runs as QLinearAdd
-            elif isinstance(module, nn.LeakyReLU):
+            elif isinstance(module, nn.LeakyReLU) and id(module) not in float_ids:
                 quantize_output(module)  # QLinearLeakyRelu: its own output range
             elif isinstance(module, nn.PReLU) and "prelu" not in parts:
                 parent_name, _, child = name.rpartition(".")
@@ -360,7 +378,10 @@ def qat_finetune(model: Any, images: Any, preprocess: Callable[[np.ndarray], np.
         if not quantized:
             raise ExportError("QAT: no conv of this model runs int8 with these --int8-keep-float parts; "
                               "nothing to fine-tune")
-        sim = _Simulation(student, quantized, parts, opts.weight_bits)
+        # a float stem keeps its activation float too (find_stem_nodes in the export)
+        stem_act = _following_activation(student, kept[0]) if "stem" in parts and kept else None
+        sim = _Simulation(student, quantized, parts, opts.weight_bits,
+                          float_modules=[stem_act] if stem_act is not None else [])
         x_probe = batch(probe_idx)
         with torch.no_grad():
             ref_probe = teacher(x_probe)
