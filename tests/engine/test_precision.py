@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -14,7 +15,7 @@ from facedistill.engine.train_module import TrainModule
 from facedistill.engine.trainer import train
 from facedistill.models import create_backbone
 
-from test_trainer import distill_args, make_recipe, teacher_ckpt  # noqa: F401 - fixture
+from test_trainer import distill_args, make_recipe
 
 
 def _depthwise(model: nn.Module) -> list[nn.Conv2d]:
@@ -70,9 +71,18 @@ def test_train_module_runs_losses_in_fp32_under_bf16():
     assert out["loss"].dtype == torch.float32
 
 
-def test_bf16_training_run(tmp_path, tiny_synthetic, teacher_ckpt):  # noqa: F811 - fixture
+@pytest.fixture(scope="module")
+def own_teacher(tmp_path_factory):
+    """A teacher of its own: test_trainer's (seed 1) would share its teacher cache on tiny_synthetic."""
+    torch.manual_seed(2)
+    path = tmp_path_factory.mktemp("bf16-teacher") / "model.pt"
+    torch.save(create_backbone("mobilefacenet_s", embedding_size=64).eval().state_dict(), path)
+    return path
+
+
+def test_bf16_training_run(tmp_path, tiny_synthetic, own_teacher):
     """train.precision: bf16 trains a distilled student end to end (emulated where the CPU lacks bf16)."""
-    over = {**distill_args(teacher_ckpt), "train.epochs": 1, "train.precision": "bf16",
+    over = {**distill_args(own_teacher), "train.epochs": 1, "train.precision": "bf16",
             "student.arch": "mobilefacenet_s_leaky"}
     recipe = load_recipe(make_recipe(tmp_path, tiny_synthetic, "bf16", **over))
     result = train(recipe)
