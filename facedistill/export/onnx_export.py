@@ -862,7 +862,7 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
     fp32_shown = fp32_art.path if fp32_art is not None else fp32_path
     art = ArtifactReport(precision="int8", path=str(path8), written=False, reference="fp32",
                          gate=f"mean cosine >= {min_cosine}"
-                              + (f", accuracy drop <= {max_drop} points (or p >= {drop_alpha})"
+                              + (f", accuracy drop <= {max_drop} points" + (f" (or p >= {drop_alpha})" if drop_alpha < 1 else "")
                                  if verify is not None else ""))
     report.artifacts.append(art)
     x_calib = PreprocessedImages(imgs.calib, pre.apply)
