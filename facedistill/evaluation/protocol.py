@@ -485,4 +485,3 @@ def paired_accuracy_test(first_correct: np.ndarray, second_correct: np.ndarray) 
     p = sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n if n else 1.0
     return {"pairs": int(a.size), "lost": lost, "gained": gained, "p_value": float(p),
             "drop_points": 100.0 * (lost - gained) / a.size if a.size else 0.0}
-

@@ -64,7 +64,7 @@ INT8_MIN_MEAN_COSINE = 0.99
 INT8_MAX_ACCURACY_DROP = 0.5  # percentage points
 # ... and only when the drop is real: a one-sided paired (McNemar) test over the verify pairs must
 # give p < this. On 600 pairs a 0.5-point drop is 3 pairs, which a coin produces as often
-# (docs/deploy.md, "The int8 gate"); 1.0 restores the bare threshold.
+# (docs/deploy.md section 6, "the accuracy part of the gate"); 1.0 restores the bare threshold.
 INT8_DROP_ALPHA = 0.05
 DEFAULT_CALIB_IMAGES = 300
 DEFAULT_PARITY_IMAGES = 64
@@ -576,7 +576,8 @@ def export_model(
 
         return export_onnx_int8(model_path, out, calib=calib, calib_images=calib_images, int8_options=int8_options,
                                 verify=verify, parity_images=parity_images, min_cosine=int8_min_cosine,
-                                max_drop=int8_max_drop, drop_alpha=int8_drop_alpha, mean=mean, std=std, channel_order=channel_order,
+                                max_drop=int8_max_drop, drop_alpha=int8_drop_alpha, mean=mean, std=std,
+                                channel_order=channel_order,
                                 latency=latency, latency_threads=latency_threads, keep_rejected=keep_rejected,
                                 int8_mixed=int8_mixed, seed=seed, progress=progress)
     start = time.time()
@@ -862,8 +863,8 @@ def int8_stage(report: ExportReport, quant_source: Any, fp32_path: Path, ref_onn
     fp32_shown = fp32_art.path if fp32_art is not None else fp32_path
     art = ArtifactReport(precision="int8", path=str(path8), written=False, reference="fp32",
                          gate=f"mean cosine >= {min_cosine}"
-                              + (f", accuracy drop <= {max_drop} points" + (f" (or p >= {drop_alpha})" if drop_alpha < 1 else "")
-                                 if verify is not None else ""))
+                              + (f", accuracy drop <= {max_drop} points"
+                                 + (f" (or p >= {drop_alpha})" if drop_alpha < 1 else "") if verify is not None else ""))
     report.artifacts.append(art)
     x_calib = PreprocessedImages(imgs.calib, pre.apply)
     report.calibration = {"source": imgs.calib_source, "images": int(len(x_calib)), "method": opts.method,
