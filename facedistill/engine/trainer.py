@@ -270,19 +270,19 @@ class Trainer:
                                                          self.steps_per_epoch)
         self.use_amp = cfg.train.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
-        self.autocast_dtype = torch.float16 if self.use_amp else None
+        # the student's forward runs under autocast to this dtype (TrainModule; heads and losses stay fp32)
+        self.module.autocast_dtype = torch.float16 if self.use_amp else None
         if self.device.type == "cpu":
             from facedistill.bench.sysinfo import resolve_precision
 
             self.precision = resolve_precision(cfg.train.precision, "cpu")
-            self.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
-            if self.autocast_dtype is not None:
+            self.module.autocast_dtype = torch.bfloat16 if self.precision == "bf16" else None
+            if self.module.autocast_dtype is not None:
                 from facedistill.engine.precision import keep_depthwise_fp32
 
                 keep_depthwise_fp32(self.student)  # oneDNN's bf16 depthwise backward is the slow path
         else:
             self.precision = "fp16-amp" if self.use_amp else "fp32"
-        self.module.autocast_dtype = self.autocast_dtype
 
     def build_forward(self) -> None:
         """What the loop calls: the module, wrapped for DDP and compiled when the recipe asks."""

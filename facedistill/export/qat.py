@@ -215,30 +215,29 @@ def quantized_convs(model: Any, keep_float: Sequence[str] = ("auto",), input_siz
     return quantized, kept
 
 
-def _following_norm(model: Any, conv_name: str) -> Any:
-    """The BatchNorm right after a conv in the same Sequential (its output is the conv's int8 output)."""
+def _modules_after(model: Any, conv_name: str) -> list[nn.Module]:
+    """The siblings after a conv in its Sequential (empty when its parent is not a Sequential)."""
     parent_name, _, child = conv_name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential):
-        names = list(parent._modules)
-        i = names.index(child)
-        if i + 1 < len(names) and isinstance(parent[i + 1], nn.BatchNorm2d):
-            return parent[i + 1]
-    return None
+    if not isinstance(parent, nn.Sequential):
+        return []
+    names = list(parent._modules)
+    return [parent._modules[n] for n in names[names.index(child) + 1:]]
+
+
+def _following_norm(model: Any, conv_name: str) -> Any:
+    """The BatchNorm right after a conv in the same Sequential (its output is the conv's int8 output)."""
+    after = _modules_after(model, conv_name)
+    return after[0] if after and isinstance(after[0], nn.BatchNorm2d) else None
 
 
 def _following_activation(model: Any, conv_name: str) -> Any:
     """The activation after a conv (and its BatchNorm) in the same Sequential, or None."""
-    parent_name, _, child = conv_name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    if isinstance(parent, nn.Sequential):
-        names = list(parent._modules)
-        for nxt in names[names.index(child) + 1:]:
-            module = parent._modules[nxt]
-            if isinstance(module, (nn.LeakyReLU, nn.PReLU, nn.ReLU, nn.ReLU6)):
-                return module
-            if not isinstance(module, nn.BatchNorm2d):
-                break
+    for module in _modules_after(model, conv_name):
+        if isinstance(module, (nn.LeakyReLU, nn.PReLU, nn.ReLU, nn.ReLU6)):
+            return module
+        if not isinstance(module, nn.BatchNorm2d):
+            break
     return None
 
 
