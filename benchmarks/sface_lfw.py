@@ -18,6 +18,8 @@ What it does, each step through the ``facedistill`` CLI a user would type:
 
     python benchmarks/sface_lfw.py --workdir runs/sface_lfw --epochs 3 --jobs 2 --threads 1
     python benchmarks/sface_lfw.py --types none,iled,rpsd,unified --seeds 0,1,2 --deploy ''
+    # the same rows on LFW + CelebA (the training sources of that recipe, for every row)
+    python benchmarks/sface_lfw.py --data-from recipes/sface_lfw/unified_celeba.yaml --epochs 4 --deploy ''
 
 Timings are this machine's; rows run concurrently share its cores, which the table states.
 """
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per row")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="recipe override for every row (repeatable)")
+    ap.add_argument("--data-from", type=Path, default=None, metavar="RECIPE",
+                    help="train every row on this recipe's `data.train` (e.g. recipes/sface_lfw/unified_celeba.yaml: "
+                         "LFW + CelebA) instead of LFW folds 1-5 alone")
     ap.add_argument("--deploy", default="unified", help="row to export to fp32/int8 ONNX ('' = skip)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -71,7 +76,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--deploy {args.deploy!r} is not one of the --types rows")
     if args.jobs < 1 or args.threads < 1:
         ap.error("--jobs and --threads must be at least 1")
+    args.data_train = None
+    if args.data_from is not None:
+        from facedistill.config import load_recipe
+        from facedistill.errors import FaceDistillError
+
+        try:
+            args.data_train = _plain_sources(load_recipe(args.data_from).data.train)
+        except FaceDistillError as e:
+            ap.error(f"--data-from: {e}")
     return args
+
+
+def _plain_sources(train: Any) -> Any:
+    """A recipe's ``data.train`` as plain YAML data (a path, or a list of paths / source mappings)."""
+    if isinstance(train, (list, tuple)):
+        return [s if isinstance(s, str) else {k: v for k, v in vars(s).items() if v is not None} for s in train]
+    return str(train)
 
 
 def log(msg: str) -> None:
@@ -100,7 +121,8 @@ def row_label(args: argparse.Namespace, kind: str, seed: int) -> str:
 def row_overrides(args: argparse.Namespace, kind: str, seed: int) -> list[str]:
     return [f"output_dir={args.workdir.resolve()}", f"name={row_label(args, kind, seed)}",
             f"train.epochs={args.epochs}", f"train.seed={seed}", f"train.threads={args.threads}", "data.workers=0",
-            "train.eval_every=-1"] + args.overrides
+            "train.eval_every=-1"] + \
+        ([f"data.train={json.dumps(args.data_train)}"] if args.data_train is not None else []) + args.overrides
 
 
 def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -124,19 +146,24 @@ def plan_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def ensure_teacher_cache(recipe) -> dict[str, Any]:
     """Build the frozen teacher's (image, flip) embeddings once, with all cores, before rows fork."""
-    from facedistill.data.packed import PackedDataset
+    from facedistill.data.multisource import MultiSourceDataset, open_train_set
     from facedistill.engine.teacher_cache import cache_path, load_or_build
     from facedistill.engine.teachers import build_teacher
 
-    dataset = PackedDataset(recipe.data.train)
+    train_set = open_train_set(_plain_sources(recipe.data.train))
+    sources = train_set.sources if isinstance(train_set, MultiSourceDataset) else [train_set]
     teacher = build_teacher(recipe.teacher)
-    path = cache_path(dataset, teacher.fingerprint)
-    if path.is_file():
-        return {"path": str(path), "built_s": None}
-    log(f"teacher cache: embedding {len(dataset)} images x 2 flips with {recipe.teacher.onnx} ...")
-    t = time.time()
-    load_or_build(dataset, teacher, recipe.teacher.batch_size)
-    return {"path": str(path), "built_s": round(time.time() - t, 1)}
+    paths, built = [], None
+    for dataset in sources:  # one cache per source, beside its data, as the trainer keeps them
+        path = cache_path(dataset, teacher.fingerprint)
+        paths.append(str(path))
+        if path.is_file():
+            continue
+        log(f"teacher cache: embedding {len(dataset)} images x 2 flips with {recipe.teacher.onnx} ...")
+        t = time.time()
+        load_or_build(dataset, teacher, recipe.teacher.batch_size)
+        built = (built or 0.0) + round(time.time() - t, 1)
+    return {"path": paths[0] if len(paths) == 1 else paths, "built_s": built}
 
 
 def train_rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
@@ -276,7 +303,9 @@ def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str
     return {"benchmark": "sface_lfw", "settings": {"types": args.type_list, "epochs": args.epochs,
                                                    "seeds": args.seed_list,
                                                    "jobs": args.jobs, "threads": args.threads,
-                                                   "overrides": args.overrides, "deploy": args.deploy},
+                                                   "overrides": args.overrides, "deploy": args.deploy,
+                                                   "data_from": str(args.data_from) if args.data_from else None,
+                                                   "data_train": args.data_train},
             "teacher_cache": cache, "val_pairs": t["pairs"], "rows": table, "runs": runs, "deploy": deploy_rows,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
 
@@ -288,7 +317,8 @@ def print_tables(result: dict[str, Any]) -> None:
     s = result["settings"]
     console = Console(width=max(110, Console().width))
     tab = Table(title=f"SFace -> MobileFaceNet, LFW folds 6-7 ({result['val_pairs']} pairs)",
-                caption=f"equal budget: {s['epochs']:g} epochs, seeds {','.join(map(str, s['seeds']))}, {s['jobs']} "
+                caption=(f"trained on {s['data_from']}'s data.train; " if s.get("data_from") else "")
+                + f"equal budget: {s['epochs']:g} epochs, seeds {','.join(map(str, s['seeds']))}, {s['jobs']} "
                         f"rows at a time x {s['threads']} thread(s); ± = "
                         + ("std over seeds" if len(s["seeds"]) > 1 else "std over the 10 folds")
                         + f"; folds: {result['rows'][0].get('fold_scheme')}")
@@ -351,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = plan_rows(args)
         recipe = rows[0]["recipe"]
-        teacher_onnx, train, val = Path(recipe.teacher.onnx), Path(recipe.data.train), Path(recipe.data.val)
+        teacher_onnx, val = Path(recipe.teacher.onnx), Path(recipe.data.val)
+        first = recipe.data.train[0] if isinstance(recipe.data.train, (list, tuple)) else recipe.data.train
+        train = Path(first if isinstance(first, str) else first.path)  # int8 calibration: the first source
         cache = ensure_teacher_cache(recipe)
     except FaceDistillError as e:
         print(f"error: {e}\n(the header of recipes/sface_lfw/base.yaml says how to prepare the inputs)",
