@@ -29,6 +29,19 @@ def run_script(name: str, *args: str, timeout: float = 300) -> subprocess.Comple
     return proc
 
 
+def tiny_onnx_teacher(path: Path) -> Path:
+    """A 16-d ONNX "teacher" small enough for tests (RGB 112x112 in, like SFace)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 16)).eval()
+    torch.onnx.export(tiny, torch.zeros(1, 3, 112, 112), str(path), input_names=["data"],
+                      output_names=["emb"], dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}}, opset_version=17,
+                      dynamo=False)
+    return path
+
+
 def test_kd_ablation_tiny_runs_and_resumes(tmp_path):
     work = tmp_path / "kd"
     out = tmp_path / "kd.json"
@@ -83,15 +96,7 @@ def test_teacher_cache_tiny(tmp_path):
 
 def test_sface_lfw_tiny_runs_and_reuses(tmp_path, tiny_synthetic):
     """The real-faces pipeline script with a tiny ONNX teacher on synthetic data: rows, evaluate, deploy."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 16)).eval()
-    teacher = tmp_path / "teacher.onnx"
-    torch.onnx.export(tiny, torch.zeros(1, 3, 112, 112), str(teacher), input_names=["data"],
-                      output_names=["emb"], dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}}, opset_version=17,
-                      dynamo=False)
+    teacher = tiny_onnx_teacher(tmp_path / "teacher.onnx")
     work = tmp_path / "sface"
     args = ["--workdir", str(work), "--types", "none,unified", "--epochs", "1", "--jobs", "2", "--threads", "1",
             "--set", f"data.train={tiny_synthetic / 'train'}", "--set", f"data.val={tiny_synthetic / 'val'}",
@@ -120,18 +125,33 @@ def test_sface_lfw_tiny_runs_and_reuses(tmp_path, tiny_synthetic):
     assert result["teacher_cache"]["built_s"] is None and result["deploy"] == []
 
 
+def test_sface_lfw_data_from_and_more_seeds_for(tmp_path, tiny_synthetic):
+    """--data-from trains every row on another recipe's sources; --more-seeds-for limits the extra seeds."""
+    teacher = tiny_onnx_teacher(tmp_path / "teacher.onnx")
+    train = tiny_synthetic / "train"
+    sources = tmp_path / "two_sources.yaml"
+    sources.write_text(f"data:\n  train:\n    - {{path: {train}, weight: 0.5, name: a}}\n"
+                       f"    - {{path: {train}, weight: 0.5, name: b}}\n  val: {tiny_synthetic / 'val'}\n"
+                       f"teacher: {{type: onnx, onnx: {teacher}, mean: 0.0, std: 1.0, channel_order: RGB}}\n")
+    work = tmp_path / "sface"
+    out = tmp_path / "sface.json"
+    run_script("sface_lfw.py", "--workdir", str(work), "--types", "none,l2", "--seeds", "0,1", "--more-seeds-for", "l2",
+               "--epochs", "1", "--jobs", "2", "--threads", "1", "--deploy", "", "--data-from", str(sources),
+               "--set", f"data.val={tiny_synthetic / 'val'}", "--set", f"teacher.onnx={teacher}",
+               "--set", "data.batch_size=8", "--set", "student.embedding_size=32",
+               "--set", "train.precise_bn_images=16", "--json", str(out), timeout=600)
+    result = json.loads(out.read_text())
+    assert [(r["type"], r["seed"]) for r in result["runs"]] == [("none", 0), ("l2", 0), ("l2", 1)]
+    none, l2 = result["rows"][1:]
+    assert none["spread"] == "folds" and len(none["accuracies"]) == 1
+    assert l2["spread"] == "seeds" and len(l2["accuracies"]) == 2
+    assert all(r["steps"] == 8 for r in result["runs"])  # two sources of 32 images, batch 8 (one source: 4)
+    assert [s["name"] for s in result["settings"]["data_train"]] == ["a", "b"]
+
 
 def test_augment_cost_tiny(tmp_path, tiny_synthetic):
     """K-view cache build and the three training modes side by side, with a tiny ONNX teacher."""
-    import torch
-    from torch import nn
-
-    torch.manual_seed(0)
-    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, stride=4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 16)).eval()
-    teacher = tmp_path / "teacher.onnx"
-    torch.onnx.export(tiny, torch.zeros(1, 3, 112, 112), str(teacher), input_names=["data"],
-                      output_names=["emb"], dynamic_axes={"data": {0: "n"}, "emb": {0: "n"}}, opset_version=17,
-                      dynamo=False)
+    teacher = tiny_onnx_teacher(tmp_path / "teacher.onnx")
     out = tmp_path / "aug.json"
     run_script("augment_cost.py", "--train", str(tiny_synthetic / "train"), "--teacher", str(teacher),
                "--images", "16", "--batch-size", "8", "--steps", "1", "--warmup", "0", "--views", "2",
