@@ -19,7 +19,7 @@ SGD with momentum. Variants:
 * each at 1 and 2 intra-op threads (``--threads``);
 * loader: the full step including ``DataLoader`` over a packed set (``--data``, default
   data/lfw112/train; a synthetic pack when absent), random flips and normalisation, with 0 and 2
-  workers.
+  workers, in the precision ``train.precision: auto`` picks on this CPU (bf16 dw-fp32 or fp32).
 
 Evaluation (embedding ``--eval-images`` faces, 1 thread): the historical ``TorchEmbedder`` path
 (numpy preprocessing, contiguous, ``no_grad``, batch 128), contiguous + ``inference_mode``,
@@ -104,13 +104,14 @@ class TrainVariant:
 
 
 class LoaderVariant:
-    """The full step with a DataLoader over a packed set (channels_last fp32 eager compute)."""
+    """The full step with a DataLoader over a packed set: channels_last, and bf16 with the depthwise
+    convolutions in fp32 where the CPU has bf16 (what ``train.precision: auto`` trains with)."""
 
-    def __init__(self, name: str, base, dataset, batch: int, threads: int, workers: int) -> None:
+    def __init__(self, name: str, base, dataset, batch: int, threads: int, workers: int, bf16: bool = False) -> None:
         import torch
 
         self.name, self.threads, self.workers = name, threads, workers
-        self.inner = TrainVariant(name, base, threads, channels_last=True)
+        self.inner = TrainVariant(name, base, threads, channels_last=True, bf16=bf16, depthwise_fp32=bf16)
         g = torch.Generator().manual_seed(0)
         perm = torch.randperm(len(dataset), generator=g).tolist()
         batches = [perm[i:i + batch] for i in range(0, len(perm) - batch + 1, batch)] * 1000
@@ -277,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
             report["loader_data"] = data_desc
             for t in threads:
                 for w in [int(v) for v in args.workers.split(",") if v]:
-                    variants.append(LoaderVariant(f"loader channels_last t{t} workers {w}", base, dataset,
-                                                  args.batch, t, w))
+                    precision = "bf16 dw-fp32" if bf16_ok else "fp32"  # what train.precision auto picks here
+                    variants.append(LoaderVariant(f"loader {precision} channels_last t{t} workers {w}", base, dataset,
+                                                  args.batch, t, w, bf16=bf16_ok))
             for v in variants:   # warm-up (and compilation) outside the timed rounds
                 tic = time.perf_counter()
                 for _ in range(args.warmup):

@@ -175,7 +175,8 @@ def test_train_throughput_quick(tmp_path):
                       "--json", str(out), timeout=600)
     assert "training step" in proc.stdout and "evaluation embedding" in proc.stdout
     result = json.loads(out.read_text())
-    assert {"contiguous t1", "channels_last t1", "loader channels_last t1 workers 0"} <= set(result["train"])
+    loader = f"loader {'bf16 dw-fp32' if result['bf16_native'] else 'fp32'} channels_last t1 workers 0"
+    assert {"contiguous t1", "channels_last t1", loader} <= set(result["train"])
     for row in list(result["train"].values()) + list(result["eval"].values()):
         assert row["images_per_s"] > 0
     assert result["eval"]["jit frozen (default) b8"]["min_cosine_vs_legacy"] > 0.9999
