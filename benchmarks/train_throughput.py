@@ -17,6 +17,9 @@ SGD with momentum. Variants:
   as skipped (``--force-bf16`` runs it anyway, emulated and slow);
 * ``compile``: channels_last + ``torch.compile`` (inductor; compile time reported apart);
 * each at 1 and 2 intra-op threads (``--threads``);
+* ``--processes 2``: 2 processes x 1 thread, each on half the batch, gradients all-reduced with DDP
+  over gloo (``torchrun --nproc_per_node 2 -m facedistill distill ... --set train.threads=1``), in
+  the precision ``train.precision: auto`` picks;
 * loader: the full step including ``DataLoader`` over a packed set (``--data``, default
   data/lfw112/train; a synthetic pack when absent), random flips and normalisation, with 0 and 2
   workers, in the precision ``train.precision: auto`` picks on this CPU (bf16 dw-fp32 or fp32).
@@ -130,6 +133,70 @@ class LoaderVariant:
         self.inner.step(images, target[: len(images)])
 
 
+def _ddp_worker(rank: int, world: int, port: int, arch: str, dim: int, batch: int, steps: int, warmup: int,
+                bf16: bool, depthwise_fp32: bool, channels_last: bool, queue) -> None:
+    """One rank of a ``torchrun``-style run: 1 thread, its share of the batch, DDP (gloo) gradients."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from facedistill.utils.memory import keep_freed_memory
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        keep_freed_memory()
+        variant = TrainVariant(f"rank {rank}", make_student(arch, dim), 1, channels_last, bf16=bf16,
+                               depthwise_fp32=depthwise_fp32)
+        variant.model = torch.nn.parallel.DistributedDataParallel(variant.model)
+        variant.forward = variant.model
+        g = torch.Generator().manual_seed(100 + rank)
+        x = torch.randint(0, 256, (batch, 3, 112, 112), dtype=torch.uint8, generator=g)
+        target = F.normalize(torch.randn(batch, dim, generator=g), dim=1)
+        for _ in range(warmup):
+            variant.step(x, target)
+        dist.barrier()
+        tic = time.perf_counter()
+        for _ in range(steps):
+            variant.step(x, target)
+        dist.barrier()
+        if rank == 0:
+            queue.put(world * batch * steps / (time.perf_counter() - tic))
+    finally:
+        dist.destroy_process_group()
+
+
+class DDPVariant:
+    """``processes`` ranks of 1 thread each (``torchrun --nproc_per_node N ... --set train.threads=1``),
+    each on ``batch / processes`` images, gradients all-reduced over gloo; spawned fresh every round
+    (start-up and warm-up outside the timed steps)."""
+
+    def __init__(self, name: str, arch: str, dim: int, batch: int, processes: int, warmup: int, bf16: bool,
+                 depthwise_fp32: bool, channels_last: bool = True) -> None:
+        if batch % processes:
+            raise SystemExit(f"--batch {batch} does not split over {processes} processes")
+        self.name, self.threads, self.processes = name, processes, processes
+        self.args = (arch, dim, batch // processes, warmup, bf16, depthwise_fp32, channels_last)
+
+    def measure(self, steps: int) -> float:
+        import socket
+
+        import torch.multiprocessing as mp
+
+        with socket.socket() as sock:   # a free port for this round's process group
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        ctx = mp.get_context("spawn")
+        queue = ctx.SimpleQueue()
+        arch, dim, batch, warmup, bf16, dw, cl = self.args
+        mp.start_processes(_ddp_worker, args=(self.processes, port, arch, dim, batch, steps, warmup, bf16, dw, cl,
+                                              queue), nprocs=self.processes, join=True, start_method="spawn")
+        return float(queue.get())
+
+
 def interleaved(variants: list[Any], run: Callable[[Any], float], rounds: int) -> dict[str, list[float]]:
     """Round-robin timing: ``run(variant)`` returns images/s; every variant once per round."""
     out: dict[str, list[float]] = {v.name: [] for v in variants}
@@ -211,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     ap.add_argument("--data", default=str(ROOT / "data" / "lfw112" / "train"), help="packed set for loader runs")
     ap.add_argument("--workers", default="0,2", help="DataLoader workers for the loader variants")
+    ap.add_argument("--processes", default="", help="also time N processes x 1 thread with DDP over gloo, "
+                                                    "batch split between them (torchrun's way to use N cores), "
+                                                    "e.g. 2")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--force-bf16", action="store_true", help="run bf16 autocast even without native support")
     ap.add_argument("--eval-images", type=int, default=256)
@@ -270,6 +340,15 @@ def main(argv: list[str] | None = None) -> int:
                     first = next((v for v in variants if v.name.startswith("compile")), None)
                     variants.append(first.with_threads(f"compile channels_last t{t}", t) if first else
                                     TrainVariant(f"compile channels_last t{t}", base, t, True, compile_model=True))
+            for n in [int(v) for v in args.processes.split(",") if v]:
+                bf16 = bf16_ok or args.force_bf16
+                variants.append(DDPVariant(f"{args.arch} {'bf16 dw-fp32' if bf16 else 'fp32'} channels_last "
+                                           f"{n} processes x t1", args.arch, args.embedding_size, args.batch, n,
+                                           max(1, args.warmup), bf16, bf16))
+                for other in [a for a in args.also_arch.split(",") if a]:
+                    variants.append(DDPVariant(f"{other} {'bf16 dw-fp32' if bf16 else 'fp32'} channels_last "
+                                               f"{n} processes x t1", other, args.embedding_size, args.batch, n,
+                                               max(1, args.warmup), bf16, bf16))
             if not (bf16_ok or args.force_bf16):
                 msg = f"bf16 autocast skipped: {bf16_why} (--force-bf16 runs it emulated)"
                 print(msg)
@@ -282,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                     variants.append(LoaderVariant(f"loader {precision} channels_last t{t} workers {w}", base, dataset,
                                                   args.batch, t, w, bf16=bf16_ok))
             for v in variants:   # warm-up (and compilation) outside the timed rounds
+                if isinstance(v, DDPVariant):
+                    continue       # fresh processes every round: they warm up inside
                 tic = time.perf_counter()
                 for _ in range(args.warmup):
                     v.step(x, target)
@@ -291,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{v.name}: compiled and warmed up in {v.compile_s} s")
 
             def run_train(v) -> float:
+                if isinstance(v, DDPVariant):
+                    return v.measure(args.steps)
                 tic = time.perf_counter()
                 for _ in range(args.steps):
                     v.step(x, target)
@@ -300,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = float(np.median(times[f"contiguous t{threads[0]}"]))
             print(f"\ntraining step, {args.arch} {args.embedding_size}-d, batch {args.batch} "
                   f"(median of {args.rounds} interleaved rounds x {args.steps} steps)")
-            print(f"{'variant':40s} {'images/s':>9s} {'vs contiguous t' + str(threads[0]):>18s}")
+            print(f"{'variant':64s} {'images/s':>9s} {'vs contiguous t' + str(threads[0]):>18s}")
             for v in variants:
                 med = float(np.median(times[v.name]))
                 row = {"images_per_s": round(med, 2), "rounds": [round(t, 2) for t in times[v.name]],
@@ -308,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 if getattr(v, "compile_s", None) is not None:
                     row["compile_s"] = v.compile_s
                 report["train"][v.name] = row
-                print(f"{v.name:40s} {med:9.2f} {med / ref:17.2f}x")
+                print(f"{v.name:64s} {med:9.2f} {med / ref:17.2f}x")
             torch.set_num_threads(threads[0])
 
         if not args.no_eval:

@@ -171,12 +171,14 @@ def test_augment_cost_tiny(tmp_path, tiny_synthetic):
 @pytest.mark.slow  # about 2 minutes on 2 shared cores (several model copies, synthetic data, ONNX export)
 def test_train_throughput_quick(tmp_path):
     out = tmp_path / "tp.json"
-    proc = run_script("train_throughput.py", "--quick", "--no-compile", "--data", str(tmp_path / "absent"),
+    proc = run_script("train_throughput.py", "--quick", "--no-compile", "--processes", "2",
+                      "--data", str(tmp_path / "absent"),
                       "--json", str(out), timeout=600)
     assert "training step" in proc.stdout and "evaluation embedding" in proc.stdout
     result = json.loads(out.read_text())
     loader = f"loader {'bf16 dw-fp32' if result['bf16_native'] else 'fp32'} channels_last t1 workers 0"
-    assert {"contiguous t1", "channels_last t1", loader} <= set(result["train"])
+    ddp = f"mobilefacenet_s {'bf16 dw-fp32' if result['bf16_native'] else 'fp32'} channels_last 2 processes x t1"
+    assert {"contiguous t1", "channels_last t1", loader, ddp} <= set(result["train"])
     for row in list(result["train"].values()) + list(result["eval"].values()):
         assert row["images_per_s"] > 0
     assert result["eval"]["jit frozen (default) b8"]["min_cosine_vs_legacy"] > 0.9999
