@@ -373,8 +373,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.set_ylim(max(0.0, min(a - e for a, e in zip(acc, err)) - 3), 100)
     spread = "std over seeds" if all(r.get("spread") == "seeds" for r in rows) else \
         "fold std" if all(r.get("spread") != "seeds" for r in rows) else "seed std, or fold std for one run"
-    ax.set_ylabel(f"LFW folds 6-7 accuracy % (± {spread})")
-    ax.set_title(f"SFace -> MobileFaceNet, {result['settings']['epochs']:g} epochs each")
+    ax.set_ylabel("LFW folds 6-7 accuracy %")
+    ax.set_title(f"SFace -> MobileFaceNet, {result['settings']['epochs']:g} epochs each (± {spread})", fontsize=10)
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
