@@ -7,7 +7,8 @@ What it does, each step through the ``facedistill`` CLI a user would type:
 2. trains one student per distillation type and seed (``recipes/sface_lfw/<type>.yaml``; the unified
    row is ``recipes/sface_to_mbf_lfw.yaml``) under the same budget: same epochs, batch and threads;
    with ``--seeds 0,1,2`` every type is trained once per seed (runs ``<type>-s<seed>``, seed by
-   seed) and the table shows the mean ± std over seeds;
+   seed) and the table shows the mean ± std over seeds (``--more-seeds-for l2,iled,unified``: the
+   seeds after the first only for those rows);
    ``--jobs 2 --threads 1`` runs two rows side by side, which on a 2-core CPU gets ~20% more images/s
    than one row on two threads. Finished rows are reused; killed rows resume;
 3. evaluates the teacher and every student on the val pairs (10-fold, flip TTA, the LFW protocol,
@@ -75,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.more_seeds = [t.strip() for t in args.more_seeds_for.split(",") if t.strip()] or list(args.type_list)
     bad = [t for t in args.type_list + args.more_seeds if t not in ALL_TYPES]
     if bad or not args.type_list:
-        ap.error(f"--types: unknown {bad}; choose from {', '.join(ALL_TYPES)}")
+        ap.error(f"--types / --more-seeds-for: unknown {bad}; choose from {', '.join(ALL_TYPES)}")
     if args.deploy and args.deploy not in args.type_list:
         ap.error(f"--deploy {args.deploy!r} is not one of the --types rows")
     if args.jobs < 1 or args.threads < 1:
