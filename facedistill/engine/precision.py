@@ -4,9 +4,7 @@ On CPUs with AVX512-BF16/AMX, oneDNN runs dense and pointwise convolutions about
 but its bf16 *depthwise* convolution backward is about 4.5x slower than the fp32 one (stride-2,
 128 channels, 56x56, batch 64: 266 ms against 58 ms on one Xeon core), and MobileFaceNet is half
 depthwise. Keeping the depthwise convolutions in fp32 under autocast is what makes bf16 pay off
-(``benchmarks/train_throughput.py``, "bf16" rows; docs/results.md). The depthwise output goes back
-to bf16 at once: the BatchNorm and activation after it are memory-bound, and left in fp32 they cost
-twice their bf16 time (docs/results.md, "bf16 training"). The losses run in fp32 outside
+(``benchmarks/train_throughput.py``, "bf16" rows; docs/results.md). The losses run in fp32 outside
 autocast, as arcface_torch does for its partial FC: relation terms compare cosines that differ in
 the third decimal, below bf16's resolution near 1.
 """
@@ -20,14 +18,11 @@ __all__ = ["Fp32DepthwiseConv2d", "keep_depthwise_fp32"]
 
 
 class Fp32DepthwiseConv2d(nn.Conv2d):
-    """A depthwise ``nn.Conv2d`` that computes in fp32 under autocast and answers in its input's dtype.
-
-    Same parameters and names as ``nn.Conv2d``; outside autocast (fp32 in) it is ``nn.Conv2d`` exactly.
-    """
+    """A depthwise ``nn.Conv2d`` that leaves autocast: fp32 in, fp32 out, same parameters and names."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            return super().forward(x.float()).to(x.dtype)
+            return super().forward(x.float())
 
 
 def keep_depthwise_fp32(module: nn.Module) -> int:
