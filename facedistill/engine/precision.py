@@ -18,7 +18,12 @@ __all__ = ["Fp32DepthwiseConv2d", "keep_depthwise_fp32"]
 
 
 class Fp32DepthwiseConv2d(nn.Conv2d):
-    """A depthwise ``nn.Conv2d`` that leaves autocast: fp32 in, fp32 out, same parameters and names."""
+    """A depthwise ``nn.Conv2d`` that leaves autocast: fp32 in, fp32 out, same parameters and names.
+
+    Its output stays fp32, so the BatchNorm and activation after it run in fp32. Handing bf16 on
+    instead was 1.05-1.07x faster but about a point less accurate in three side-by-side pairs
+    (docs/results.md, "bf16 after the depthwise convolution", session 7).
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
