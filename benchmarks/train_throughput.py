@@ -12,10 +12,10 @@ SGD with momentum. Variants:
   ``train.channels_last: true``);
 * ``bf16``: channels_last + ``torch.autocast("cpu", bfloat16)``, with every convolution in bf16
   (``bf16 all``) and with the depthwise ones kept fp32 (``bf16 dw-fp32``: what ``train.precision:
-  bf16`` runs, see ``facedistill/engine/precision.py``; for ``--also-arch`` students also the layout
-  tried in session 7, where the depthwise conv hands bf16 on to BatchNorm and activation); run only where the CPU has AVX512-BF16 or
-  AMX (read from /proc/cpuinfo and ``torch.backends.cpu.get_cpu_capability()``), otherwise reported
-  as skipped (``--force-bf16`` runs it anyway, emulated and slow);
+  bf16`` runs, see ``facedistill/engine/precision.py``; for ``--also-arch`` students also the
+  layout tried in session 7, where the depthwise conv hands bf16 on to BatchNorm and activation);
+  run only where the CPU has AVX512-BF16 or AMX (read from /proc/cpuinfo and
+  ``torch.backends.cpu.get_cpu_capability()``), otherwise reported as skipped (``--force-bf16`` runs it anyway, emulated and slow);
 * ``compile``: channels_last + ``torch.compile`` (inductor; compile time reported apart);
 * each at 1 and 2 intra-op threads (``--threads``);
 * ``--processes 2``: 2 processes x 1 thread, each on half the batch, gradients all-reduced with DDP
@@ -363,14 +363,11 @@ def main(argv: list[str] | None = None) -> int:
                     first = next((v for v in variants if v.name.startswith("compile")), None)
                     variants.append(first.with_threads(f"compile channels_last t{t}", t) if first else
                                     TrainVariant(f"compile channels_last t{t}", base, t, True, compile_model=True))
+            bf16 = bf16_ok or args.force_bf16
             for n in [int(v) for v in args.processes.split(",") if v]:
-                bf16 = bf16_ok or args.force_bf16
-                variants.append(DDPVariant(f"{args.arch} {'bf16 dw-fp32' if bf16 else 'fp32'} channels_last "
-                                           f"{n} processes x t1", args.arch, args.embedding_size, args.batch, n,
-                                           max(1, args.warmup), bf16, bf16))
-                for other in [a for a in args.also_arch.split(",") if a]:
-                    variants.append(DDPVariant(f"{other} {'bf16 dw-fp32' if bf16 else 'fp32'} channels_last "
-                                               f"{n} processes x t1", other, args.embedding_size, args.batch, n,
+                for arch in [args.arch] + [a for a in args.also_arch.split(",") if a]:
+                    variants.append(DDPVariant(f"{arch} {'bf16 dw-fp32' if bf16 else 'fp32'} channels_last "
+                                               f"{n} processes x t1", arch, args.embedding_size, args.batch, n,
                                                max(1, args.warmup), bf16, bf16))
             if not (bf16_ok or args.force_bf16):
                 msg = f"bf16 autocast skipped: {bf16_why} (--force-bf16 runs it emulated)"
