@@ -87,17 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         from facedistill.errors import FaceDistillError
 
         try:
-            args.data_train = _plain_sources(load_recipe(args.data_from).data.train)
+            args.data_train = load_recipe(args.data_from).to_dict()["data"]["train"]  # plain YAML data
         except FaceDistillError as e:
             ap.error(f"--data-from: {e}")
     return args
-
-
-def _plain_sources(train: Any) -> Any:
-    """A recipe's ``data.train`` as plain YAML data (a path, or a list of paths / source mappings)."""
-    if isinstance(train, (list, tuple)):
-        return [s if isinstance(s, str) else {k: v for k, v in vars(s).items() if v is not None} for s in train]
-    return str(train)
 
 
 def log(msg: str) -> None:
@@ -157,7 +150,7 @@ def ensure_teacher_cache(recipe) -> dict[str, Any]:
     from facedistill.engine.teacher_cache import cache_path, load_or_build
     from facedistill.engine.teachers import build_teacher
 
-    train_set = open_train_set(_plain_sources(recipe.data.train))
+    train_set = open_train_set(recipe.data.train)
     sources = train_set.sources if isinstance(train_set, MultiSourceDataset) else [train_set]
     teacher = build_teacher(recipe.teacher)
     paths, built = [], None
@@ -317,6 +310,14 @@ def summarise(args, rows, evaluation, deployed, cache, teacher_onnx) -> dict[str
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count()}}
 
 
+def _spread_text(rows: list[dict[str, Any]]) -> str:
+    """What ± means over these student rows: the std over seeds, over the 10 folds, or each in turn."""
+    by_seeds = [r.get("spread") == "seeds" for r in rows]
+    if all(by_seeds):
+        return "std over seeds"
+    return "std over the 10 folds" if not any(by_seeds) else "std over seeds, or over the 10 folds for one run"
+
+
 def print_tables(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -327,9 +328,7 @@ def print_tables(result: dict[str, Any]) -> None:
                 caption=(f"trained on {s['data_from']}'s data.train; " if s.get("data_from") else "")
                 + f"equal budget: {s['epochs']:g} epochs, seeds {','.join(map(str, s['seeds']))}, {s['jobs']} "
                         f"rows at a time x {s['threads']} thread(s); ± = "
-                        + ("std over seeds" if len(s["seeds"]) > 1 and set(s["more_seeds_for"]) >= set(s["types"])
-                           else "std over seeds where a row has several runs, else over the 10 folds"
-                           if len(s["seeds"]) > 1 else "std over the 10 folds")
+                        + _spread_text(result["rows"][1:])
                         + f"; folds: {result['rows'][0].get('fold_scheme')}")
     for c in ("model", "runs", "accuracy %", "EER %", "impostor cos", "steps", "train s", "img/s"):
         tab.add_column(c, justify="left" if c == "model" else "right")
@@ -372,8 +371,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     teacher = 100 * result["rows"][0]["accuracy"]
     ax.axhline(teacher, ls="--", color="k", lw=1, label=f"teacher {teacher:.2f}%")
     ax.set_ylim(max(0.0, min(a - e for a, e in zip(acc, err)) - 3), 100)
-    spread = "std over seeds" if all(r.get("spread") == "seeds" for r in rows) else \
-        "fold std" if all(r.get("spread") != "seeds" for r in rows) else "seed std, or fold std for one run"
+    spread = _spread_text(rows)
     ax.set_ylabel("LFW folds 6-7 accuracy %")
     ax.set_title(f"SFace -> MobileFaceNet, {result['settings']['epochs']:g} epochs each (± {spread})", fontsize=10)
     ax.legend(loc="lower right")
@@ -384,6 +382,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from facedistill.data.multisource import SourceSpec
     from facedistill.errors import FaceDistillError
     from facedistill.utils.atomic import write_json_atomic
 
@@ -394,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = rows[0]["recipe"]
         teacher_onnx, val = Path(recipe.teacher.onnx), Path(recipe.data.val)
         first = recipe.data.train[0] if isinstance(recipe.data.train, (list, tuple)) else recipe.data.train
-        train = Path(first if isinstance(first, str) else first.path)  # int8 calibration: the first source
+        train = Path(SourceSpec.parse(first).path)  # int8 calibration: the first source
         cache = ensure_teacher_cache(recipe)
     except FaceDistillError as e:
         print(f"error: {e}\n(the header of recipes/sface_lfw/base.yaml says how to prepare the inputs)",
