@@ -6,7 +6,7 @@ machine load; median and best of all runs), the per-image cosine of int8 to fp32
 verification accuracy of both on the synthetic pair set (rendered here, the same recipe as
 ``facedistill prepare synthetic``'s val split) and, when given, on a packed LFW pair set.
 
-Targets (issue 6): int8 >= 2x faster than fp32 at batch 1, file >= 3.5x smaller, accuracy drop <= 0.3
+Targets: int8 >= 2x faster than fp32 at batch 1, file >= 3.5x smaller, accuracy drop <= 0.3
 points.
 
 ``--prelu-sweep`` also quantizes the same model with every PReLU strategy of

@@ -13,7 +13,8 @@ SGD with momentum. Variants:
 * ``bf16``: channels_last + ``torch.autocast("cpu", bfloat16)``, with every convolution in bf16
   (``bf16 all``) and with the depthwise ones kept fp32 (``bf16 dw-fp32``: what ``train.precision:
   bf16`` runs, see ``facedistill/engine/precision.py``; for ``--also-arch`` students also the
-  layout tried in session 7, where the depthwise conv hands bf16 on to BatchNorm and activation);
+  layout tried and not kept, where the depthwise conv hands bf16 on to BatchNorm and activation:
+  docs/results.md, "bf16 after the depthwise convolution");
   run only where the CPU has AVX512-BF16 or AMX (read from /proc/cpuinfo and
   ``torch.backends.cpu.get_cpu_capability()``), otherwise reported as skipped (``--force-bf16`` runs it anyway, emulated and slow);
 * ``compile``: channels_last + ``torch.compile`` (inductor; compile time reported apart);
@@ -67,7 +68,7 @@ def make_student(arch: str, dim: int):
 
 
 def _bf16_after_depthwise(model) -> None:
-    """The layout tried in session 7, for comparison: the fp32 depthwise conv hands its output back in
+    """The layout tried and not kept, for comparison: the fp32 depthwise conv hands its output back in
     bf16, so the BatchNorm and activation after it run in bf16 (faster, about a point less accurate)."""
     import torch
 
@@ -229,7 +230,7 @@ def interleaved(variants: list[Any], run: Callable[[Any], float], rounds: int) -
 
 # -- evaluation embedders ---------------------------------------------------------------------------
 def legacy_torch_embed(model, images: np.ndarray, batch: int = 128) -> np.ndarray:
-    """The TorchEmbedder of before issue 14: numpy preprocessing, contiguous NCHW, no_grad."""
+    """The earlier TorchEmbedder: numpy preprocessing, contiguous NCHW, no_grad."""
     import torch
 
     from facedistill.data.preprocessing import Preprocessing

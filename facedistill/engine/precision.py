@@ -22,7 +22,7 @@ class Fp32DepthwiseConv2d(nn.Conv2d):
 
     Its output stays fp32, so the BatchNorm and activation after it run in fp32. Handing bf16 on
     instead was 1.05-1.07x faster but about a point less accurate in three side-by-side pairs
-    (docs/results.md, "bf16 after the depthwise convolution", session 7).
+    (docs/results.md, "bf16 after the depthwise convolution").
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ When plain int8 fails the export's gate, :func:`search_mixed_precision` (per-lay
 :func:`layer_sensitivity`, then the fewest most-damaging layers kept float) is the default fallback
 (docs/deploy.md section 6; numbers in docs/results.md).
 
-Update (issue 15, AVX2-only EPYC, see docs/results.md): the measurements below were taken with 8-bit
+Note for AVX2-only CPUs (docs/results.md, "int8 speed"): the measurements below were taken with 8-bit
 weights on an AVX512-VNNI machine. On a CPU without VNNI the all-int8 trunk with the ``fused`` PReLU
 rewrite was faster than the depthwise/PReLU-float default (benchmarks/int8_speed.py), and a ReLU6
 network (``mobilefacenet_s_relu6``) is faster still; the default was left accuracy-first.
@@ -127,7 +127,7 @@ MAX_INT8_OPSET = 20
 class Int8Options:
     """Settings of :func:`quantize_int8` (all have CLI flags)."""
 
-    method: str = "percentile"  # measured best on trained students (docs/results.md, session 5)
+    method: str = "percentile"  # measured best on trained students (docs/results.md, "int8 accuracy")
     prelu: str = DEFAULT_PRELU_MODE
     keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT  # parts (KNOWN_PARTS) and/or node names
     per_channel: bool = True
