@@ -6,7 +6,8 @@
 # --standin     first make a local base image from Debian packages (debootstrap --variant=minbase
 #               bookworm + python3 python3-venv python3-pip, a `python` link as in the official image)
 #               and build FROM it; for machines that reach Debian and PyPI but no container registry.
-#               The rootfs is cached in $STANDIN_DIR (default /var/tmp/facedistill-standin).
+#               The rootfs is cached in $STANDIN_DIR (default /var/tmp/facedistill-standin); a CA
+#               bundle named by $PIP_CERT (a TLS-inspecting proxy's) is copied into it.
 # --full        also build the `full` stage (PyTorch CPU)
 # --platform    target architecture (default amd64)
 # --tag PREFIX  image name prefix (default facedistill): PREFIX:runtime-ARCH, PREFIX:full-ARCH
@@ -49,9 +50,14 @@ if [ "$STANDIN" -eq 1 ]; then
         --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$DIR" "$MIRROR"
     fi
     ln -sf /usr/bin/python3 "$DIR/usr/local/bin/python"
+    # A host behind a TLS-inspecting proxy trusts an extra CA (pip's PIP_CERT); the stand-in must too.
+    if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+      cp "$PIP_CERT" "$DIR/etc/ssl/certs/ca-certificates.crt"
+    fi
     rm -rf "$DIR"/var/cache/apt/archives/*.deb "$DIR"/var/lib/apt/lists/*
     echo "+ podman import $BASE"
-    tar -C "$DIR" -c . | podman import --arch "$ARCH" - "$BASE" >/dev/null
+    tar -C "$DIR" -c . | podman import --arch "$ARCH" \
+      --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" - "$BASE" >/dev/null
   fi
   ARGS+=(--build-arg "PYTHON_SLIM_IMAGE=$BASE" --build-arg "PYTHON_FULL_IMAGE=$BASE")
 fi
