@@ -20,7 +20,7 @@ in_ctr() {
     -v "$MODELS:/models:ro" -v "$PAIRS:/data:ro" -v "$RESULTS:/results" "$CTR" -- "$@"
 }
 start=$(date +%s)
-echo "+ facedistill --help"; in_ctr facedistill --help | head -5
+echo "+ facedistill --help"; help=$(in_ctr facedistill --help); echo "$help" | head -5
 echo "+ whoami / no torch / read-only /models"
 in_ctr python -c "import os, importlib.util as u, sys; assert os.getuid() == 10001, os.getuid(); \
 assert u.find_spec('torch') is None, 'torch in the runtime image'; \
