@@ -11,16 +11,20 @@
 
 ARG PYTHON_VERSION=3.11
 ARG DEBIAN_RELEASE=bookworm
+# Base images. The defaults are the official python images; docker/build.sh --standin passes a local
+# Debian-made image (python3 from bookworm) instead, for a machine that cannot reach a registry.
+ARG PYTHON_SLIM_IMAGE=python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}
+ARG PYTHON_FULL_IMAGE=python:${PYTHON_VERSION}-${DEBIAN_RELEASE}
 
 # --- facedistill wheel: pure Python, so build it once on the build machine's own platform --------
-FROM --platform=$BUILDPLATFORM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS wheel
+FROM --platform=$BUILDPLATFORM ${PYTHON_SLIM_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY facedistill ./facedistill
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist .
 
 # --- runtime environment, for the target platform: binary wheels only, nothing is compiled -------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS runtime-build
+FROM ${PYTHON_SLIM_IMAGE} AS runtime-build
 # Empty = the versions pinned in docker/install.sh (RUN sees build args as environment variables)
 ARG ORT_VERSION=""
 ARG NUMPY_VERSION=""
@@ -29,7 +33,7 @@ COPY --from=wheel /dist /dist
 RUN bash /tmp/install.sh runtime --venv /opt/venv --src /dist
 
 # --- full environment: PyTorch CPU wheels; the non-slim image has compilers if a sdist needs them -
-FROM python:${PYTHON_VERSION}-${DEBIAN_RELEASE} AS full-build
+FROM ${PYTHON_FULL_IMAGE} AS full-build
 ARG ORT_VERSION=""
 ARG NUMPY_VERSION=""
 ARG TORCH_VERSION=""
@@ -38,7 +42,7 @@ COPY --from=wheel /dist /dist
 RUN bash /tmp/install.sh full --venv /opt/venv --src /dist
 
 # --- what both final images share: slim Python, a non-root user, /models and /results -----------
-FROM python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE} AS base
+FROM ${PYTHON_SLIM_IMAGE} AS base
 LABEL org.opencontainers.image.title="facedistill" \
       org.opencontainers.image.description="Distill face-recognition models, export to ONNX, benchmark on edge boxes" \
       org.opencontainers.image.licenses="Apache-2.0"

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# docker/smoke.sh — run the runtime image the way an edge box would, without a Docker engine
+# (buildah from + buildah run --isolation chroot; `podman run` needs cgroups/rlimits some hosts lack).
+#
+#   docker/smoke.sh IMAGE MODELS_DIR PAIRS_DIR RESULTS_DIR
+#
+# MODELS_DIR holds student.onnx (mounted read-only at /models), PAIRS_DIR a packed pair set (mounted
+# read-only at /data), RESULTS_DIR receives bench.json and eval.json (the /results volume).
+# As the image's non-root user: --help, benchmark, evaluate; checks no torch and /models read-only.
+set -euo pipefail
+[ $# -eq 4 ] || { echo "usage: docker/smoke.sh IMAGE MODELS_DIR PAIRS_DIR RESULTS_DIR" >&2; exit 2; }
+IMAGE=$1; MODELS=$(realpath "$2"); PAIRS=$(realpath "$3"); RESULTS=$(realpath "$4")
+command -v buildah >/dev/null || { echo "smoke.sh: buildah not found (apt-get install -y buildah)" >&2; exit 2; }
+[ -f "$MODELS/student.onnx" ] || { echo "smoke.sh: $MODELS/student.onnx missing" >&2; exit 2; }
+mkdir -p "$RESULTS"; chown 10001:10001 "$RESULTS"
+CTR=$(buildah from --pull=never "$IMAGE")
+trap 'buildah rm "$CTR" >/dev/null' EXIT
+in_ctr() {
+  buildah run --isolation chroot --user 10001:10001 --workingdir /results \
+    -v "$MODELS:/models:ro" -v "$PAIRS:/data:ro" -v "$RESULTS:/results" "$CTR" -- "$@"
+}
+start=$(date +%s)
+echo "+ facedistill --help"; help=$(in_ctr facedistill --help); echo "$help" | head -5
+echo "+ whoami / no torch / read-only /models"
+in_ctr python -c "import os, importlib.util as u, sys; assert os.getuid() == 10001, os.getuid(); \
+assert u.find_spec('torch') is None, 'torch in the runtime image'; \
+assert not os.access('/models', os.W_OK), '/models is writable'; print('uid', os.getuid(), 'no torch, /models read-only')"
+if in_ctr sh -c 'touch /models/x' 2>/dev/null; then echo "smoke.sh: could write /models" >&2; exit 1; fi
+echo "+ facedistill benchmark /models/student.onnx"
+in_ctr env COLUMNS=200 facedistill benchmark /models/student.onnx -b 1,4 -t 1 --runs 5 --warmup 1 \
+  --json /results/bench.json --max-latency 100000
+echo "+ facedistill evaluate /models/student.onnx --data /data"
+in_ctr env COLUMNS=200 facedistill evaluate /models/student.onnx --data /data --threads 1 --json /results/eval.json
+echo "smoke passed in $(( $(date +%s) - start )) s"
