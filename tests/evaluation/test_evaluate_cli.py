@@ -142,3 +142,16 @@ def test_cli_help_mentions_syntax():
     res = CliRunner().invoke(app, ["evaluate", "--help"])
     assert res.exit_code == 0
     assert "IMAGES_DIR" in res.output and "--no-flip" in res.output and "--mean" in res.output
+
+
+def test_cli_per_channel_mean_std(files):
+    """`--mean a,b,c --std a,b,c` reaches the model as per-channel values (ImageNet-style models)."""
+    res = run(str(files["b"]), "--data", str(files["set2"]), "--threads", "1", "--mean", "123.675,116.28,103.53",
+              "--std", "58.395,57.12,57.375", "--json", "-")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout[res.stdout.index("{"):])
+    pre = d["models"][0]["preprocess"]
+    assert pre["mean"] == [123.675, 116.28, 103.53] and pre["std"] == [58.395, 57.12, 57.375]
+    assert d["models"][0]["preprocess_source"] == "flags"
+    bad = run(str(files["b"]), "--data", str(files["set2"]), "--mean", "1,2")
+    assert bad.exit_code == 2 and "three comma-separated" in bad.output
