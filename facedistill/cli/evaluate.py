@@ -70,6 +70,15 @@ def _channels(text: Optional[str], flag: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def _weights(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--weights must be comma-separated numbers, got {text!r}") from None
+
+
 def _fmt_int(n: Optional[int]) -> str:
     if n is None:
         return "-"
@@ -165,6 +174,9 @@ def evaluate_cmd(
                                        help="Drop (and list) pairs whose images are missing instead of failing."),
     device: str = typer.Option("cpu", "--device", help="Torch device for checkpoints (cpu, cuda)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference (default: all cores)."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Also score all MODELs together: concatenated "
+                                  "L2-normalised embeddings (what the teachers are worth jointly)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="--ensemble: one weight per MODEL, e.g. 1,1,0.5."),
 ) -> None:
     from facedistill.evaluation.evaluate import evaluate
 
@@ -177,7 +189,7 @@ def evaluate_cmd(
     report = evaluate(
         models, data, arch=arch, mean=_channels(mean, "--mean"), std=_channels(std, "--std"), bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
         nfolds=folds, fold_scheme=fold_scheme, plot_dir=plot, compare=_parse_compare(compare), allow_missing=allow_missing, device=device,
-        threads=threads,
+        threads=threads, ensemble=ensemble, weights=_weights(weights),
         progress=lambda desc, total: progress_bar(desc, total), log=log,
     )
     out.print(build_table(report))
