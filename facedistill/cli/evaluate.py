@@ -57,6 +57,28 @@ def _parse_compare(items: List[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _channels(text: Optional[str], flag: str) -> Any:
+    """'127.5' -> 127.5; '123.675,116.28,103.53' -> a 3-tuple (per channel)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3):
+        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def _weights(text: Optional[str]) -> Optional[list[float]]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise typer.BadParameter(f"--weights must be comma-separated numbers, got {text!r}") from None
+
+
 def _fmt_int(n: Optional[int]) -> str:
     if n is None:
         return "-"
@@ -131,8 +153,11 @@ def evaluate_cmd(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Folder for ROC and score-histogram PNGs."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Backbone of state dicts whose architecture cannot be "
                                        "inferred (iresnet18/34/50/100, mobilefacenet)."),
-    mean: Optional[float] = typer.Option(None, "--mean", help="ONNX without metadata: subtract this (default 127.5)."),
-    std: Optional[float] = typer.Option(None, "--std", help="ONNX without metadata: divide by this (default 127.5)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="ONNX without metadata: subtract this, one value or three "
+                                       "in the model's channel order, pixel scale 0..255 (default 127.5; ImageNet: "
+                                       "123.675,116.28,103.53)."),
+    std: Optional[str] = typer.Option(None, "--std", help="ONNX without metadata: divide by this, one value or three "
+                                      "(default 127.5; ImageNet: 58.395,57.12,57.375)."),
     bgr: Optional[bool] = typer.Option(None, "--bgr/--rgb", help="ONNX without metadata: channel order (default RGB)."),
     images: Optional[Path] = typer.Option(None, "--images",
                                           help="Image folder of pairs files given without :IMAGES_DIR."),
@@ -149,6 +174,9 @@ def evaluate_cmd(
                                        help="Drop (and list) pairs whose images are missing instead of failing."),
     device: str = typer.Option("cpu", "--device", help="Torch device for checkpoints (cpu, cuda)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference (default: all cores)."),
+    ensemble: bool = typer.Option(False, "--ensemble", help="Also score all MODELs together: concatenated "
+                                  "L2-normalised embeddings (what the teachers are worth jointly)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="--ensemble: one weight per MODEL, e.g. 1,1,0.5."),
 ) -> None:
     from facedistill.evaluation.evaluate import evaluate
 
@@ -159,9 +187,9 @@ def evaluate_cmd(
         err_console.print(f"[yellow]note:[/] {msg}", soft_wrap=True)
 
     report = evaluate(
-        models, data, arch=arch, mean=mean, std=std, bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
+        models, data, arch=arch, mean=_channels(mean, "--mean"), std=_channels(std, "--std"), bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
         nfolds=folds, fold_scheme=fold_scheme, plot_dir=plot, compare=_parse_compare(compare), allow_missing=allow_missing, device=device,
-        threads=threads,
+        threads=threads, ensemble=ensemble, weights=_weights(weights),
         progress=lambda desc, total: progress_bar(desc, total), log=log,
     )
     out.print(build_table(report))

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Union
 
 import yaml
 
@@ -71,8 +71,10 @@ class TeacherConfig:
     checkpoint: Optional[str] = None  # torch: state dict, arcface_torch model.pt or a run folder
     onnx: Optional[str] = None  # onnx: model path
     embedding_size: Optional[int] = None  # read from the model when omitted
-    mean: float = 127.5
-    std: float = 127.5
+    # one value for all channels or three in the model's channel order, pixel scale 0..255
+    # (ImageNet-normalised models: mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375])
+    mean: Union[float, List[float]] = 127.5
+    std: Union[float, List[float]] = 127.5
     channel_order: str = "RGB"  # RGB | BGR
     input_size: int = 112
     cache: bool = True  # compute embeddings once per (image, flip) and reuse them across runs
@@ -218,7 +220,12 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
     t = recipe.teacher
     _choice(t.type, ("none", "torch", "onnx"), "teacher.type", where)
     _choice(t.channel_order, ("RGB", "BGR"), "teacher.channel_order", where)
-    if t.std == 0:
+    for key in ("mean", "std"):
+        value = getattr(t, key)
+        if isinstance(value, list) and len(value) != 3:
+            raise RecipeError(f"{where}: `teacher.{key}` must be one number or three (per channel, in the "
+                              f"model's channel order), got {len(value)}: {value!r}")
+    if any(v == 0 for v in (t.std if isinstance(t.std, list) else [t.std])):
         raise RecipeError(f"{where}: `teacher.std` must not be 0")
     if t.type == "torch":
         if not t.checkpoint:

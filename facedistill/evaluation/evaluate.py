@@ -212,6 +212,8 @@ def evaluate(
     threads: int | None = None,
     progress: ProgressFactory | None = None,
     log: Callable[[str], None] | None = None,
+    ensemble: bool = False,
+    weights: Sequence[float] | None = None,
 ) -> EvaluationReport:
     """Evaluate every model on every pair set with insightface's verification protocol.
 
@@ -225,6 +227,9 @@ def evaluate(
     notes as they arise. ``threads``: CPU threads for inference (None: the runtimes' defaults).
     ``fold_scheme``: ``auto`` | ``contiguous`` | ``balanced`` | ``source`` (the folds a packed set or
     ``.bin`` came with); see :mod:`facedistill.evaluation.protocol`.
+    ``ensemble``: also score the models together: one more row whose embedding is the concatenation
+    of each model's L2-normalised embedding times its weight (``weights``, default all 1), then
+    L2-normalised, i.e. what several teachers are worth as one joint teacher.
     """
     start = time.perf_counter()
     models = [os.fspath(m) for m in models]
@@ -242,12 +247,21 @@ def evaluate(
     if fold_scheme not in FOLD_SCHEMES + ("source",):
         raise FaceDistillError(f"--fold-scheme must be one of {', '.join(FOLD_SCHEMES + ('source',))}, "
                                f"got {fold_scheme!r}")
+    if weights is not None:
+        if not ensemble:
+            raise FaceDistillError("--weights applies to --ensemble; add --ensemble")
+        if len(weights) != len(models) or any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+            raise FaceDistillError(f"--weights needs one non-negative weight per model ({len(models)}), not all 0; "
+                                   f"got {list(weights)}")
+    if ensemble and len(models) < 2:
+        raise FaceDistillError("--ensemble needs at least two models")
     progress = progress or _no_progress
+    ens_weights = [float(w) for w in (weights or [1.0] * len(models))] if ensemble else None
     with _torch_threads(threads, models):
         return _evaluate(models, sets, arch=arch, mean=mean, std=std, bgr=bgr, images_dir=images_dir, flip=flip,
                          batch_size=batch_size, nfolds=nfolds, far_targets=far_targets, plot_dir=plot_dir,
                          fold_scheme=fold_scheme, compare=compare, allow_missing=allow_missing, device=device, threads=threads,
-                         progress=progress, log=log, start=start)
+                         progress=progress, log=log, start=start, ens_weights=ens_weights)
 
 
 @contextlib.contextmanager
@@ -275,7 +289,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
               images_dir: Any, flip: bool, batch_size: int, nfolds: int, far_targets: Sequence[float],
               plot_dir: Any, fold_scheme: str, compare: Sequence[tuple[str, str]], allow_missing: bool, device: str,
               threads: int | None, progress: ProgressFactory, log: Callable[[str], None] | None,
-              start: float) -> EvaluationReport:
+              start: float, ens_weights: list[float] | None = None) -> EvaluationReport:
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -335,7 +349,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
     for ps in opened_sets:
         set_results, set_parity, set_plots = _evaluate_set(
             ps, opened, matches, flip=flip, batch_size=batch_size, nfolds=nfolds, far_targets=far_targets,
-            plot_dir=plot_path, progress=progress, folds=_fold_spec(ps, fold_scheme))
+            plot_dir=plot_path, progress=progress, folds=_fold_spec(ps, fold_scheme), ens_weights=ens_weights)
         results.extend(set_results)
         parity.extend(set_parity)
         plots.extend(set_plots)
@@ -347,7 +361,10 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
         "thresholds": "0..3.99 step 0.01", "far_targets": [far_key(f) for f in far_targets],
         "embedding": ("model(x) + model(hflip(x)), then L2-normalised" if flip else "model(x), L2-normalised"),
     }
-    return EvaluationReport(results=results, models=[om.info for om in opened],
+    infos = [om.info for om in opened]
+    if ens_weights is not None:
+        infos.append(_ensemble_info(opened, ens_weights))
+    return EvaluationReport(results=results, models=infos,
                             sets=[ps.to_dict() for ps in opened_sets], parity=parity, plots=plots, notes=notes,
                             settings=settings, seconds=time.perf_counter() - start)
 
@@ -355,7 +372,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
 def _evaluate_set(
     ps: PairSet, opened: Sequence[OpenedModel], matches: Sequence[tuple[int, int, str]], flip: bool,
     batch_size: int, nfolds: int, far_targets: Sequence[float], plot_dir: Path | None, progress: ProgressFactory,
-    folds: str | np.ndarray = "auto",
+    folds: str | np.ndarray = "auto", ens_weights: list[float] | None = None,
 ) -> tuple[list[ModelSetResult], list[ParityResult], list[str]]:
     used = ps.used_images()
     n = len(used)
@@ -389,9 +406,13 @@ def _evaluate_set(
     rows_a = np.searchsorted(used, ps.pairs[:, 0])
     rows_b = np.searchsorted(used, ps.pairs[:, 1])
     same = ps.pairs[:, 2].astype(bool)
+    rows: list[tuple[ModelInfo, np.ndarray, float]] = [
+        (om.info, embeddings[k], seconds[k]) for k, om in enumerate(opened)]  # type: ignore[misc]
+    if ens_weights is not None:
+        rows.append((_ensemble_info(opened, ens_weights),
+                     joint_embedding([e for _, e, _ in rows], ens_weights), float(sum(seconds))))
     results: list[ModelSetResult] = []
-    for k, om in enumerate(opened):
-        emb = embeddings[k]
+    for info, emb, secs in rows:
         assert emb is not None
         scores = np.empty(len(rows_a), dtype=np.float64)
         for lo in range(0, len(rows_a), SCORE_CHUNK):
@@ -401,8 +422,8 @@ def _evaluate_set(
             metrics = verification_metrics(scores, same, nfolds=nfolds, far_targets=far_targets, folds=folds)
         except DataError as e:
             raise DataError(f"{ps.path}: {e}") from e
-        results.append(ModelSetResult(model=om.info.name, data=ps.name, metrics=metrics, info=om.info, images=n,
-                                      seconds=seconds[k], data_spec=ps.spec))
+        results.append(ModelSetResult(model=info.name, data=ps.name, metrics=metrics, info=info, images=n,
+                                      seconds=secs, data_spec=ps.spec))
 
     parity: list[ParityResult] = []
     for t, o, how in matches:
@@ -424,6 +445,23 @@ def _evaluate_set(
         plots = _plot_set(ps, results, plot_dir)
     del embeddings
     return results, parity, plots
+
+
+def joint_embedding(embeddings: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Several models' L2-normalised (N, D_i) embeddings -> one (N, sum D_i) L2-normalised embedding:
+    each model's block scaled by its weight, so its share of the squared distance is w_i^2 / sum w^2."""
+    blocks = [float(w) * e.astype(np.float32) for e, w in zip(embeddings, weights)]
+    joint = np.concatenate(blocks, axis=1)
+    norm = np.linalg.norm(joint, axis=1, keepdims=True)
+    return (joint / np.maximum(norm, 1e-12)).astype(np.float32)
+
+
+def _ensemble_info(opened: Sequence[OpenedModel], weights: Sequence[float]) -> ModelInfo:
+    parts = [f"{om.info.name}" + ("" if w == 1 else f"*{w:g}") for om, w in zip(opened, weights)]
+    return ModelInfo(name="ensemble(" + " + ".join(parts) + ")", path="", kind="ensemble",
+                     params=sum(om.info.params or 0 for om in opened) or None,
+                     size_mb=sum(om.info.size_mb or 0 for om in opened) or None,
+                     notes=[f"concatenated L2-normalised embeddings, weights {list(weights)}"])
 
 
 def _fold_spec(ps: PairSet, scheme: str) -> str | np.ndarray:

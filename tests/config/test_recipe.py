@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -239,3 +240,31 @@ def test_augmentation_settings_that_work(tmp_path):
     r = load_recipe(write(tmp_path, "set.yaml", "loss: {distill: {type: none}}\n"),
                     ["data.augment.enabled=true", "data.augment.rotate=3"], check_files=False)
     assert r.data.augment.rotate == 3.0
+
+
+def test_teacher_per_channel_mean_std(tmp_path):
+    """ImageNet-normalised teachers (foamliu's MobileFaceNet) give three values per key."""
+    from facedistill.data.preprocessing import Preprocessing
+
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    path = write(tmp_path, "r.yaml", {"name": "x", "loss": {"distill": {"type": "none"}}, "teacher": {"mean": mean, "std": std}})
+    t = load_recipe(path, check_files=False).teacher
+    assert t.mean == mean and t.std == std
+    pre = Preprocessing(t.mean, t.std, t.channel_order, t.input_size)
+    x = pre.apply(np.full((1, 112, 112, 3), 255, dtype=np.uint8))
+    assert np.allclose(x[0, :, 0, 0], [(255 - m) / s for m, s in zip(mean, std)])
+    scalar = load_recipe(write(tmp_path, "s.yaml", {"name": "x", "loss": {"distill": {"type": "none"}}, "teacher": {"mean": 0, "std": 1}}),
+                         check_files=False).teacher
+    assert scalar.mean == 0.0 and isinstance(scalar.mean, float)
+
+
+@pytest.mark.parametrize("teacher, match", [
+    ({"mean": [1, 2]}, r"teacher\.mean.*three.*got 2"),
+    ({"std": [1, 0, 1]}, r"teacher\.std.*not be 0"),
+    ({"std": 0}, r"teacher\.std.*not be 0"),
+    ({"mean": "imagenet"}, r"teacher\.mean"),
+])
+def test_teacher_mean_std_errors(tmp_path, teacher, match):
+    path = write(tmp_path, "r.yaml", {"name": "x", "loss": {"distill": {"type": "none"}}, "teacher": teacher})
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(path, check_files=False)

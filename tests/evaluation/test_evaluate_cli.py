@@ -142,3 +142,33 @@ def test_cli_help_mentions_syntax():
     res = CliRunner().invoke(app, ["evaluate", "--help"])
     assert res.exit_code == 0
     assert "IMAGES_DIR" in res.output and "--no-flip" in res.output and "--mean" in res.output
+
+
+def test_cli_per_channel_mean_std(files):
+    """`--mean a,b,c --std a,b,c` reaches the model as per-channel values (ImageNet-style models)."""
+    res = run(str(files["b"]), "--data", str(files["set2"]), "--threads", "1", "--mean", "123.675,116.28,103.53",
+              "--std", "58.395,57.12,57.375", "--json", "-")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout[res.stdout.index("{"):])
+    pre = d["models"][0]["preprocess"]
+    assert pre["mean"] == [123.675, 116.28, 103.53] and pre["std"] == [58.395, 57.12, 57.375]
+    assert d["models"][0]["preprocess_source"] == "flags"
+    bad = run(str(files["b"]), "--data", str(files["set2"]), "--mean", "1,2")
+    assert bad.exit_code == 2 and "three comma-separated" in bad.output
+
+
+def test_cli_ensemble_row(files):
+    """--ensemble adds a row scored on the joint embedding; --weights 1,0 reproduces the first model."""
+    res = run(str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--mean", "0", "--std", "1",
+              "--threads", "1", "--ensemble", "--weights", "1,0", "--json", "-")
+    assert res.exit_code == 0, res.output
+    d = json.loads(res.stdout[res.stdout.index("{"):])
+    acc = {r["model"]: r["accuracy"] for r in d["results"]}
+    ens = [m for m in acc if m.startswith("ensemble(")]
+    assert len(ens) == 1 and acc[ens[0]] == acc["model_a.onnx"]
+    both = run(str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--mean", "0", "--std", "1",
+               "--threads", "1", "--ensemble", "--json", "-")
+    d2 = json.loads(both.stdout[both.stdout.index("{"):])
+    assert len(d2["results"]) == 3 and d2["models"][-1]["kind"] == "ensemble"
+    bad = run(str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--ensemble", "--weights", "1")
+    assert bad.exit_code == 2 and "one non-negative weight per model" in bad.output
