@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from facedistill import __version__
+from facedistill.cli.common import route_warnings
 from facedistill.cli.prepare import prepare_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ def _version(value: bool) -> None:
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """Distill a face-recognition teacher into a small student and ship it to edge boxes."""
+    route_warnings()
 
 
 def _register() -> None:
