@@ -69,6 +69,24 @@ def route_warnings() -> None:
     warnings.showwarning = _show_warning
 
 
+def reflow_help(text: str | None) -> str | None:
+    """Help as paragraphs: the docstring's source line breaks go, so the terminal wraps each paragraph once.
+
+    Blank lines stay paragraph breaks; a paragraph with an indented line or a list item (an example
+    block, a list) keeps its lines as written.
+    """
+    if not text:
+        return text
+    import inspect
+
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = para.split("\n")
+        literal = any(ln[:1].isspace() or ln.lstrip().startswith(("- ", "* ")) for ln in lines)
+        paragraphs.append(para if literal else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(paragraphs)
+
+
 def user_errors(fn: F) -> F:
     """Turn FaceDistillError (bad input) into a one-paragraph message and exit code 2."""
 
