@@ -44,3 +44,22 @@ def test_warning_becomes_one_cli_line_and_lands_in_json(tmp_path, capsys):
     finally:
         warnings.showwarning = original
         common.collected_warnings.clear()
+
+
+RECIPES = QUICKSTART.parent
+SFACE_DIM = 128  # the SFace teacher of recipes/sface_lfw (OpenCV Zoo, 128-d)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in RECIPES.rglob("*.yaml") if QUICKSTART not in p.parents),
+                         ids=lambda p: str(p.relative_to(RECIPES)))
+def test_other_recipes_warn_only_about_their_measured_rpsd_quota(path):
+    """The SFace recipes keep a joint RPSD quota of 32 < 128 by measurement (their base.yaml says why);
+    any warning they raise must be that one, naming the recipe key to change."""
+    recipe = load_recipe(path, check_files=False)
+    if recipe.loss.distill.type == "none":
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DistillationObjective(recipe.loss.distill, SFACE_DIM)
+    for w in caught:
+        assert "loss.distill.rpsd.k_bank" in str(w.message) and recipe.loss.distill.type in ("rpsd", "unified")
