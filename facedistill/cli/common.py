@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -47,6 +48,43 @@ console = AppConsole(stderr=False, highlight=False)
 err_console = AppConsole(stderr=True, highlight=False)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Python warnings raised while a command runs (e.g. a recipe that RPSD warns about): each reaches the
+# user once, as one ``warning:`` line naming what to change, and lands in the command's --json.
+collected_warnings: list[str] = []
+
+
+def _show_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    text = str(message)
+    if text in collected_warnings:
+        return
+    collected_warnings.append(text)
+    err_console.print(f"[yellow]warning:[/] {text}", highlight=False)
+
+
+def route_warnings() -> None:
+    """Send Python warnings through :func:`_show_warning` (no source file and line in the terminal)."""
+    collected_warnings.clear()
+    warnings.showwarning = _show_warning
+
+
+def reflow_help(text: str | None) -> str | None:
+    """Help as paragraphs: the docstring's source line breaks go, so the terminal wraps each paragraph once.
+
+    Blank lines stay paragraph breaks; a paragraph with an indented line or a list item (an example
+    block, a list) keeps its lines as written.
+    """
+    if not text:
+        return text
+    import inspect
+
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        lines = para.split("\n")
+        literal = any(ln[:1].isspace() or ln.lstrip().startswith(("- ", "* ")) for ln in lines)
+        paragraphs.append(para if literal else " ".join(ln.strip() for ln in lines))
+    return "\n\n".join(paragraphs)
 
 
 def user_errors(fn: F) -> F:
@@ -145,6 +183,10 @@ def write_json_output(path: Path | None, payload: Any) -> None:
     """Write machine-readable output; ``-`` means stdout."""
     if path is None:
         return
+    if isinstance(payload, dict) and collected_warnings:
+        payload = dict(payload)
+        payload["warnings"] = list(payload.get("warnings") or []) + [
+            w for w in collected_warnings if w not in (payload.get("warnings") or [])]
     if str(path) == "-":
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:

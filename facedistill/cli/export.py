@@ -17,6 +17,24 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
     return missing if value is None else format(value, spec)
 
 
+def export_json(report) -> dict:
+    """``report.to_dict()`` with accuracies as fractions, like every other ``--json`` of the CLI.
+
+    The export library measures accuracy in percent (its gate speaks of points); keys that carry
+    their unit in the name (``drop_points``, ``int8_max_accuracy_drop_points``) stay in points.
+    """
+    d = report.to_dict()
+    for art in d.get("artifacts") or []:
+        if art.get("accuracy") is not None:
+            art["accuracy"] = art["accuracy"] / 100.0
+    for value in (d.get("verification") or {}).values():
+        if isinstance(value, dict):
+            for key in ("accuracy", "accuracy_std"):
+                if value.get(key) is not None:
+                    value[key] = value[key] / 100.0
+    return d
+
+
 def print_export_table(report) -> None:
     table = Table(title=f"export {report.arch} ({report.embedding_size}-d, opset {report.opset}, "
                         f"batch {report.batch})")
@@ -151,10 +169,10 @@ def export(
     except ExportGateError as e:
         if e.report is not None:
             print_export_table(e.report)
-            write_json_output(json_out, e.report.to_dict())
+            write_json_output(json_out, export_json(e.report))
         raise
     print_export_table(report)
-    write_json_output(json_out, report.to_dict())
+    write_json_output(json_out, export_json(report))
 
 
 def _numbers(text: str | None, flag: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from facedistill import __version__
+from facedistill.cli.common import reflow_help, route_warnings
 from facedistill.cli.prepare import prepare_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ def _version(value: bool) -> None:
 def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                       help="Print the version and exit.")) -> None:
     """Distill a face-recognition teacher into a small student and ship it to edge boxes."""
+    route_warnings()
 
 
 def _register() -> None:
@@ -42,4 +44,14 @@ def _register() -> None:
             importlib.import_module(module)
 
 
+def _reflow_helps() -> None:
+    # Every command's help is reflowed once here, so no module has to hand-join its docstring.
+    import inspect
+
+    for typer_app in [app] + [group.typer_instance for group in app.registered_groups]:
+        for info in typer_app.registered_commands:
+            info.help = reflow_help(info.help or (inspect.getdoc(info.callback) if info.callback else None))
+
+
 _register()
+_reflow_helps()

@@ -24,7 +24,7 @@ def print_quickstart(summary: dict) -> None:
     for col in ("file", "precision", "size", "accuracy", "latency p50"):
         exports.add_column(col)
     for row in summary["exports"]:
-        acc = f"{row['accuracy']:.2f}%" if row.get("accuracy") is not None else "-"
+        acc = f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "-"
         lat = f"{row['p50_ms']:.2f} ms" if row.get("p50_ms") is not None else "-"
         size = f"{row['size_mb']:.2f} MB" if row.get("size_mb") is not None else "-"
         exports.add_row(row["file"], row["precision"], size, acc, lat)

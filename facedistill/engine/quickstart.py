@@ -164,7 +164,9 @@ def _report(workdir: Path, size: str, runs: dict[str, dict[str, Any]], accuracy:
     for art in student_export.artifacts:
         exports.append({"file": Path(art.path).name if art.written else f"{Path(art.path).name} (refused by its gate)",
                         "precision": art.precision, "size_mb": round(art.size_mb, 3) if art.written else None,
-                        "accuracy": art.accuracy, "cosine_mean": art.cosine_mean,
+                        # the export library measures in percent; every --json gives fractions
+                        "accuracy": None if art.accuracy is None else art.accuracy / 100.0,
+                        "cosine_mean": art.cosine_mean,
                         "p50_ms": latency.get(Path(art.path).name, {}).get("p50_ms")})
     exports.append({"file": teacher_onnx.name, "precision": "fp32",
                     "size_mb": latency.get(teacher_onnx.name, {}).get("size_mb"), "accuracy": None,

@@ -20,6 +20,9 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     for m in summary["models"]:
         assert 0.0 <= m["accuracy"] <= 1.0
     files = {e["file"]: e for e in summary["exports"]}
+    for e in summary["exports"]:  # the same unit as the models' (and evaluate's): fractions
+        assert e["accuracy"] is None or 0.0 <= e["accuracy"] <= 1.0
+    assert files["student.onnx"]["accuracy"] is not None
     assert files["student.onnx"]["p50_ms"] > 0 and files["teacher.onnx"]["p50_ms"] > 0
     assert (out / "export" / "student.onnx").is_file()
     assert "verification accuracy" in result.output

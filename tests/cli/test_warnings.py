@@ -1,0 +1,65 @@
+"""Python warnings reach the user as one ``warning:`` line from the CLI, and in --json; no shipped
+quickstart recipe triggers a warning about itself."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from facedistill.cli import common
+from facedistill.config import load_recipe
+from facedistill.losses.objective import DistillationObjective
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart"
+TEACHER_DIM = 512  # recipes/quickstart/teacher.yaml student.embedding_size
+
+
+@pytest.mark.parametrize("path", sorted(p for p in QUICKSTART.glob("*.yaml") if p.name not in ("base.yaml",)),
+                         ids=lambda p: p.name)
+def test_quickstart_recipes_raise_no_warning(path):
+    recipe = load_recipe(path, check_files=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if recipe.loss.distill.type != "none" and path.name != "teacher.yaml":
+            DistillationObjective(recipe.loss.distill, TEACHER_DIM)
+
+
+def test_warning_becomes_one_cli_line_and_lands_in_json(tmp_path, capsys):
+    original = warnings.showwarning
+    common.route_warnings()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = common._show_warning
+            warnings.warn("raise loss.distill.rpsd.k_bank", UserWarning)
+            warnings.warn("raise loss.distill.rpsd.k_bank", UserWarning)  # shown once
+        err = capsys.readouterr().err
+        assert err.count("warning: raise loss.distill.rpsd.k_bank") == 1 and ".py:" not in err
+        out = tmp_path / "w.json"
+        common.write_json_output(out, {"x": 1, "warnings": ["earlier"]})
+        assert json.loads(out.read_text())["warnings"] == ["earlier", "raise loss.distill.rpsd.k_bank"]
+    finally:
+        warnings.showwarning = original
+        common.collected_warnings.clear()
+
+
+RECIPES = QUICKSTART.parent
+SFACE_DIM = 128  # the SFace teacher of recipes/sface_lfw (OpenCV Zoo, 128-d)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in RECIPES.rglob("*.yaml") if QUICKSTART not in p.parents),
+                         ids=lambda p: str(p.relative_to(RECIPES)))
+def test_other_recipes_warn_only_about_their_measured_rpsd_quota(path):
+    """The SFace recipes keep a joint RPSD quota of 32 < 128 by measurement (their base.yaml says why);
+    any warning they raise must be that one, naming the recipe key to change."""
+    recipe = load_recipe(path, check_files=False)
+    if recipe.loss.distill.type == "none":
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        DistillationObjective(recipe.loss.distill, SFACE_DIM)
+    for w in caught:
+        assert "loss.distill.rpsd.k_bank" in str(w.message) and recipe.loss.distill.type in ("rpsd", "unified")
