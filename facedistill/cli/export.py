@@ -35,8 +35,13 @@ def export_json(report) -> dict:
     return d
 
 
+def _opset_text(report) -> str:
+    src = getattr(report, "source_opset", None)
+    return f"opset {src} -> {report.opset}" if src is not None and src != report.opset else f"opset {report.opset}"
+
+
 def print_export_table(report) -> None:
-    table = Table(title=f"export {report.arch} ({report.embedding_size}-d, opset {report.opset}, "
+    table = Table(title=f"export {report.arch} ({report.embedding_size}-d, {_opset_text(report)}, "
                         f"batch {report.batch})")
     for col in ("precision", "file", "size MB", "cosine worst / mean", "vs", "accuracy %",
                 "latency b1 ms", "gate"):
@@ -124,7 +129,7 @@ def export(
                                         "with standard ops (equal within float rounding, checked by the parity "
                                         "gate; measured 2.35x faster fp32 MobileFaceNet on onnxruntime CPU, "
                                         "whose PRelu kernel is slow). Recommended for edge deployment."),
-    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default 17; <= 20 with --int8)."),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset of a torch export (default 17; 13..20 with --int8). An ONNX source outside 13..20 is converted to 17 for --int8."),
     batch: str = typer.Option("dynamic", "--batch", help="'dynamic' or a fixed batch size K."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Run onnxsim on the fp32 graph."),
     verify: Optional[Path] = typer.Option(None, "--verify", help="Prepared pair set: report (and gate int8 on) "

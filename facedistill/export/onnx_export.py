@@ -44,7 +44,7 @@ from facedistill.errors import ExportError, FaceDistillError
 from facedistill.export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, check_onnx, set_metadata
 from facedistill.export.parity import (ParityResult, compare_embeddings, locate_divergence, ort_session,
                                        run_onnx, run_torch)
-from facedistill.export.quantize import MAX_INT8_OPSET, Int8Options, quantize_int8
+from facedistill.export.quantize import MAX_INT8_OPSET, MIN_INT8_OPSET, Int8Options, quantize_int8
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -117,10 +117,11 @@ class ExportReport:
     source: str
     arch: str
     embedding_size: int
-    opset: int
+    opset: int  # the opset written
     batch: str
     simplified: bool
     preprocessing: dict[str, Any]
+    source_opset: int | None = None  # an ONNX source's own opset, when it was converted on the way
     artifacts: list[ArtifactReport] = field(default_factory=list)
     parity_source: str = ""
     calibration: dict[str, Any] | None = None
@@ -241,6 +242,9 @@ def check_opset(opset: int, int8: bool) -> None:
     if int8 and opset > MAX_INT8_OPSET:
         raise ExportError(f"--int8 needs --opset <= {MAX_INT8_OPSET} (onnxruntime {ort.__version__}'s static "
                           f"quantizer); got {opset}")
+    if int8 and opset < MIN_INT8_OPSET:
+        raise ExportError(f"--int8 needs --opset >= {MIN_INT8_OPSET} (per-channel DequantizeLinear takes an axis "
+                          f"from opset {MIN_INT8_OPSET} on); got {opset}")
 
 
 # ----------------------------------------------------------------------------------------------

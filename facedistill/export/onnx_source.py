@@ -8,8 +8,10 @@ The same quantizer, gates and mixed-precision fallback as our own students
 * preprocessing comes from flags (``mean``/``std``/``channel_order``) or, when the file carries
   facedistill metadata, from it; neither: refused (a guessed normalisation would calibrate on the
   wrong input range and the gate would then blame the quantizer);
-* an opset above what onnxruntime's static quantizer handles (SFace ships opset 21) is converted
-  down with ``onnx.version_converter``, and a fixed batch axis (SFace: 1) is made dynamic when the
+* an opset outside what the quantizer handles is converted with ``onnx.version_converter`` to
+  opset 17: above onnxruntime's static quantizer's range (SFace ships opset 21), or below the 13
+  that per-channel weights need (the PaddleX MobileFaceNet is opset 9, the ReLU6 one 12); the
+  report and the metadata keep the source's opset beside the one written. A fixed batch axis (SFace: 1) is made dynamic when the
   graph gives the same embeddings that way -- both checked against the original file on real faces
   (worst cosine >= 0.9999) before anything is quantized;
 * the output file gets our metadata (architecture from the source metadata or ``onnx:<file stem>``).
@@ -27,9 +29,9 @@ import numpy as np
 
 from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import ExportError
-from facedistill.export.quantize import MAX_INT8_OPSET, Int8Options
+from facedistill.export.quantize import MAX_INT8_OPSET, MIN_INT8_OPSET, Int8Options
 
-__all__ = ["export_onnx_int8", "load_onnx_source", "onnx_source_preprocessing"]
+__all__ = ["export_onnx_int8", "graph_opset", "load_onnx_source", "onnx_source_preprocessing"]
 
 CONVERT_TO_OPSET = 17
 
@@ -62,8 +64,13 @@ def _one_io(model: Any, path: Path) -> tuple[Any, Any]:
     return inputs[0], model.graph.output[0]
 
 
+def graph_opset(model: Any) -> int:
+    """The default-domain opset a model imports (0 when it names none)."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
 def load_onnx_source(path: str | os.PathLike, notes: list[str]) -> tuple[Any, int]:
-    """The foreign model, ready to quantize: opset <= 20, dynamic batch when possible, no metadata.
+    """The foreign model, ready to quantize: opset 13..20, dynamic batch when possible, no metadata.
     Returns (model, input size). The caller checks it against the original on real images."""
     import onnx
 
@@ -77,15 +84,10 @@ def load_onnx_source(path: str | os.PathLike, notes: list[str]) -> tuple[Any, in
     inp, _ = _one_io(model, path)
     dims = inp.type.tensor_type.shape.dim
     size = dims[2].dim_value if dims[2].HasField("dim_value") else 112
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if opset > MAX_INT8_OPSET:
-        from onnx import version_converter
-
-        try:
-            model = version_converter.convert_version(model, CONVERT_TO_OPSET)
-        except Exception as e:
-            raise ExportError(f"{path} has opset {opset}; onnxruntime's static quantizer needs <= {MAX_INT8_OPSET} "
-                              f"and converting it to {CONVERT_TO_OPSET} failed: {type(e).__name__}: {e}") from e
+    del model.metadata_props[:]  # ours is rewritten on the way out (and the checker refuses duplicate keys)
+    opset = graph_opset(model)
+    if not MIN_INT8_OPSET <= opset <= MAX_INT8_OPSET:
+        model = _convert_opset(model, opset, path)
         notes.append(f"source opset {opset} converted to {CONVERT_TO_OPSET} for the int8 quantizer")
     inp, out = _one_io(model, path)
     if inp.type.tensor_type.shape.dim[0].HasField("dim_value"):
@@ -101,8 +103,25 @@ def load_onnx_source(path: str | os.PathLike, notes: list[str]) -> tuple[Any, in
             notes.append(f"source batch axis fixed at {fixed}: made dynamic (same embeddings per image)")
         else:
             notes.append(f"source batch axis fixed at {fixed} and it cannot be made dynamic: kept fixed")
-    del model.metadata_props[:]
     return model, int(size)
+
+
+def _convert_opset(model: Any, opset: int, path: Path) -> Any:
+    """``model`` at CONVERT_TO_OPSET, or a one-line refusal before any calibration work."""
+    import onnx
+    from onnx import version_converter
+
+    why = (f"per-channel int8 needs opset >= {MIN_INT8_OPSET}" if opset < MIN_INT8_OPSET
+           else f"onnxruntime's static quantizer needs opset <= {MAX_INT8_OPSET}")
+    try:
+        converted = version_converter.convert_version(model, CONVERT_TO_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ExportError(f"{path} has opset {opset}; {why} and onnx {onnx.__version__}'s version converter could "
+                          f"not take it to {CONVERT_TO_OPSET} ({type(e).__name__}: {first}). Re-export the model "
+                          f"at an opset from {MIN_INT8_OPSET} to {MAX_INT8_OPSET} and quantize that file") from e
+    return converted
 
 
 def _batch_works(model: Any, size: int) -> bool:
@@ -157,16 +176,18 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
     meta = read_metadata(source) if source.is_file() else {}
     _say(progress, f"loading {source}")
     model, size = load_onnx_source(source, notes)
+    source_opset = _file_opset(source)
     pre, pre_from = onnx_source_preprocessing(meta, mean, std, channel_order, input_size=size)
     notes.append(f"preprocessing from {pre_from}: mean {pre.mean}, std {pre.std}, {pre.channel_order}")
     imgs = _gather_images(calib, verify, True, calib_images, parity_images, seed, notes)
     x_parity = pre.apply(imgs.parity)
     orig = run_onnx(ort_session(source), x_parity)
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    opset = graph_opset(model)
     dynamic = not model.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
     report = ExportReport(
         source=str(source), arch=meta.get("architecture") or f"onnx:{source.stem}", embedding_size=int(orig.shape[1]),
         opset=opset, batch="dynamic" if dynamic else "fixed", simplified=False, preprocessing=pre.to_dict(),
+        source_opset=source_opset,
         thresholds={"int8_min_mean_cosine": min_cosine, "int8_max_accuracy_drop_points": max_drop,
                     "int8_drop_alpha": drop_alpha}, notes=notes,
         parity_source=imgs.parity_source)
@@ -193,7 +214,7 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
                        f"worst cosine {par.worst:.6f} < 0.9999; nothing was written")
         base_meta = dict(arch=report.arch, embedding_size=report.embedding_size, preprocessing=pre,
                          recipe_hash=meta.get("recipe_hash", ""))
-        source_extra = {"source": source.name, "opset": opset, "batch": report.batch,
+        source_extra = {"source": source.name, "opset": opset, "source_opset": source_opset, "batch": report.batch,
                         "source_sha256_prefix": _sha_prefix(source)}
         _say(progress, "quantizing")
         int8_stage(report, model, fp32_path, ref, x_parity, imgs, pre, opts, base_meta, source_extra,
@@ -210,6 +231,13 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
     report.passed = all(a.passed for a in report.artifacts)
     report.seconds = round(time.time() - start, 2)
     return report
+
+
+def _file_opset(path: Path) -> int:
+    """The opset of the file on disk (its graph, not the weights, is read)."""
+    import onnx
+
+    return graph_opset(onnx.load(str(path), load_external_data=False))
 
 
 def _sha_prefix(path: Path) -> str:

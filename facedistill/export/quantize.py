@@ -93,6 +93,7 @@ __all__ = [
     "CALIB_METHODS",
     "DEFAULT_PRELU_MODE",
     "MAX_INT8_OPSET",
+    "MIN_INT8_OPSET",
     "PRELU_MODES",
     "Int8Options",
     "QuantizeResult",
@@ -121,6 +122,9 @@ KEEP_FLOAT_PARTS: tuple[str, ...] = ("stem", "head", "depthwise", "prelu")
 DEFAULT_KEEP_FLOAT: tuple[str, ...] = ("auto",)
 # onnxruntime's static quantizer handles the default ONNX domain up to this opset.
 MAX_INT8_OPSET = 20
+# Per-channel weights need QuantizeLinear/DequantizeLinear's ``axis`` attribute, which opset 13 added
+# (an opset-12 graph quantizes, then fails to load: "Unrecognized attribute: axis").
+MIN_INT8_OPSET = 13
 
 
 @dataclass
@@ -648,6 +652,9 @@ def _prepare(fp32_model: Any, opts: Int8Options, tmp: str) -> _Prepared:
     if opset > MAX_INT8_OPSET:
         raise ExportError(f"int8 needs opset <= {MAX_INT8_OPSET} (onnxruntime's static quantizer); the model "
                           f"has opset {opset}. Export with --opset {MAX_INT8_OPSET} or lower.")
+    if opset < MIN_INT8_OPSET and opts.per_channel:
+        raise ExportError(f"per-channel int8 needs opset >= {MIN_INT8_OPSET} (DequantizeLinear's axis); the model "
+                          f"has opset {opset}. Export with --opset {MIN_INT8_OPSET} or newer.")
     graph_input = next(i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     dim0 = graph_input.type.tensor_type.shape.dim[0]
     fixed_batch = int(dim0.dim_value) if dim0.HasField("dim_value") else None

@@ -96,6 +96,7 @@ def test_failure_keeps_previous_good_file(tiny, broken, tmp_path):
     (99, False, "installed onnx"),
     (5, False, "too old"),
     (21, True, "--opset <= 20"),
+    (12, True, "--opset >= 13"),
 ])
 def test_bad_opset(tiny, tmp_path, opset, int8, pattern):
     with pytest.raises(ExportError, match=pattern):
