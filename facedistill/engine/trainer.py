@@ -563,6 +563,8 @@ class Trainer:
             "resumed_from_step": self.start_step if self.resumed else None,
             "images_per_s": round(self.images_seen / wall, 2) if wall > 0 else None,
             "device": str(self.device),
+            "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+                                   if self.device.type == "cuda" else None),
             "world_size": self.dist.world_size,
             "facedistill_version": __version__,
         }
