@@ -266,6 +266,7 @@ def pairs(
 _SPLIT_ROWS = [("source", "source"), ("train_out", "train set"), ("train_identities", "  identities"),
                ("train_images", "  images"), ("holdout_out", "held-out pair set"),
                ("holdout_identities", "  identities"), ("holdout_images", "  images"),
+               ("holdout_identities_in_pairs", "  identities some pair uses"),
                ("holdout_images_unused", "  held-out images no pair uses"), ("pairs", "  pairs"),
                ("same_pairs", "  same pairs"), ("different_pairs", "  different pairs"), ("folds", "  folds"),
                ("pairs_per_fold", "  pairs per fold"), ("same_pairs_available", "  same pairs available"),

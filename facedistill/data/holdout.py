@@ -112,6 +112,7 @@ def split_holdout(source: str | os.PathLike, train_out: str | os.PathLike, holdo
         "holdout_identities": int(len(held)),
         "holdout_images": int(len(used)),
         "holdout_images_unused": int(is_held.sum() - len(used)),
+        "holdout_identities_in_pairs": int(len(np.unique(labels[used]))),
         "pairs": int(len(pair_rows)),
         "same_pairs": same,
         "different_pairs": int(len(pair_rows)) - same,
