@@ -9,13 +9,20 @@
 #               The rootfs is cached in $STANDIN_DIR (default /var/tmp/facedistill-standin); a CA
 #               bundle named by $PIP_CERT (a TLS-inspecting proxy's) is copied into it.
 # --full        also build the `full` stage (PyTorch CPU)
-# --platform    target architecture (default amd64)
+# --platform    target architecture (default: this machine's). A foreign one (arm64 on x86-64) runs
+#               under qemu user mode: the emulator is registered with binfmt_misc first (see
+#               docker/emulation.sh), the stand-in's second debootstrap stage runs under it, and the
+#               pure-Python wheel stage is built from the host's own stand-in.
 # --tag PREFIX  image name prefix (default facedistill): PREFIX:runtime-ARCH, PREFIX:full-ARCH
 # Prints the build time and each image's size. Needs root (podman build --isolation chroot).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-STANDIN=0; FULL=0; ARCH=amd64; TAG=facedistill
+HERE=${BASH_SOURCE[0]%/*}; [ "$HERE" != "${BASH_SOURCE[0]}" ] || HERE=.
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=docker/emulation.sh
+. "$ROOT/docker/emulation.sh"
+HOST=$(host_arch)
+STANDIN=0; FULL=0; ARCH=$HOST; TAG=facedistill
 STANDIN_DIR=${STANDIN_DIR:-/var/tmp/facedistill-standin}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
@@ -36,37 +43,58 @@ need() {
     echo "build.sh: $1 not found; install it (Debian: apt-get install -y $2)" >&2; exit 2; }
 }
 need podman podman
+if [ "$ARCH" != "$HOST" ]; then
+  [ "$(id -u)" -eq 0 ] || { echo "build.sh: --platform $ARCH on $HOST registers an emulator: needs root" >&2; exit 2; }
+  ensure_emulator "$ARCH" || exit 2
+fi
+emulation_args "$ARCH"
+
+# The stand-in base for one architecture: Debian's python3 in a minbase root, imported as an image.
+standin() {
+  local arch=$1 base="localhost/facedistill-standin:bookworm-$1" dir="$STANDIN_DIR/bookworm-$1" t
+  if podman image exists "$base"; then echo "$base"; return; fi
+  if [ ! -x "$dir/usr/bin/python3" ] || [ ! -e "$dir/var/lib/dpkg/status" ] || [ -e "$dir/debootstrap" ]; then
+    t=$(date +%s)
+    rm -rf "$dir"; mkdir -p "$dir"
+    local opts=(--variant=minbase --arch "$arch" --include=python3,python3-venv,python3-pip,ca-certificates)
+    if [ "$arch" = "$HOST" ]; then
+      echo "+ debootstrap ${opts[*]} bookworm $dir" >&2
+      debootstrap "${opts[@]}" bookworm "$dir" "$MIRROR" >&2
+    else  # foreign: unpack here, then configure the packages under the emulator
+      echo "+ debootstrap --foreign ${opts[*]} bookworm $dir" >&2
+      debootstrap --foreign "${opts[@]}" bookworm "$dir" "$MIRROR" >&2
+      echo "+ chroot $dir /debootstrap/debootstrap --second-stage   (emulated $arch)" >&2
+      chroot "$dir" /debootstrap/debootstrap --second-stage >&2
+    fi
+    echo "debootstrap $arch: $(( $(date +%s) - t )) s" >&2
+  fi
+  ln -sf /usr/bin/python3 "$dir/usr/local/bin/python"
+  # A host behind a TLS-inspecting proxy trusts an extra CA (pip's PIP_CERT); the stand-in must too.
+  if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
+    cp "$PIP_CERT" "$dir/etc/ssl/certs/ca-certificates.crt"
+  fi
+  rm -rf "$dir"/var/cache/apt/archives/*.deb "$dir"/var/lib/apt/lists/*
+  echo "+ podman import $base" >&2
+  tar -C "$dir" -c . | podman import --arch "$arch" \
+    --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" - "$base" >/dev/null
+  echo "$base"
+}
+
 ARGS=()
 if [ "$STANDIN" -eq 1 ]; then
   need debootstrap debootstrap
   [ "$(id -u)" -eq 0 ] || { echo "build.sh: --standin needs root (debootstrap)" >&2; exit 2; }
-  BASE="localhost/facedistill-standin:bookworm-$ARCH"
-  if ! podman image exists "$BASE"; then
-    DIR="$STANDIN_DIR/bookworm-$ARCH"
-    if [ ! -x "$DIR/usr/bin/python3" ]; then
-      echo "+ debootstrap --variant=minbase --arch $ARCH bookworm $DIR"
-      rm -rf "$DIR"; mkdir -p "$DIR"
-      debootstrap --variant=minbase --arch "$ARCH" \
-        --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$DIR" "$MIRROR"
-    fi
-    ln -sf /usr/bin/python3 "$DIR/usr/local/bin/python"
-    # A host behind a TLS-inspecting proxy trusts an extra CA (pip's PIP_CERT); the stand-in must too.
-    if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
-      cp "$PIP_CERT" "$DIR/etc/ssl/certs/ca-certificates.crt"
-    fi
-    rm -rf "$DIR"/var/cache/apt/archives/*.deb "$DIR"/var/lib/apt/lists/*
-    echo "+ podman import $BASE"
-    tar -C "$DIR" -c . | podman import --arch "$ARCH" \
-      --change "ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt" - "$BASE" >/dev/null
-  fi
+  BASE=$(standin "$ARCH")
   ARGS+=(--build-arg "PYTHON_SLIM_IMAGE=$BASE" --build-arg "PYTHON_FULL_IMAGE=$BASE")
+  # The wheel stage runs on the build machine's platform: FROM its own stand-in, not the target's.
+  ARGS+=(--build-arg "BUILD_PYTHON_IMAGE=$(standin "$HOST")")
 fi
 
 STAGES=(runtime); [ "$FULL" -eq 1 ] && STAGES+=(full)
 for stage in "${STAGES[@]}"; do
   start=$(date +%s)
   echo "+ podman build --platform linux/$ARCH --target $stage -t $TAG:$stage-$ARCH"
-  podman build --isolation chroot --platform "linux/$ARCH" --target "$stage" "${ARGS[@]}" \
+  podman build --isolation chroot --platform "linux/$ARCH" --target "$stage" "${ARGS[@]}" "${EMU_VOLUMES[@]}" \
     -t "$TAG:$stage-$ARCH" -f "$ROOT/Dockerfile" "$ROOT"
   echo "built $TAG:$stage-$ARCH in $(( $(date +%s) - start )) s"
 done

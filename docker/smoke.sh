@@ -7,16 +7,27 @@
 # MODELS_DIR holds student.onnx (mounted read-only at /models), PAIRS_DIR a packed pair set (mounted
 # read-only at /data), RESULTS_DIR receives bench.json and eval.json (the /results volume).
 # As the image's non-root user: --help, benchmark, evaluate; checks no torch and /models read-only.
+# An image of another architecture (linux/arm64 on x86-64) runs under qemu user mode (see
+# docker/emulation.sh); its benchmark then only proves the model runs: emulated timings are no latency.
 set -euo pipefail
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=docker/emulation.sh
+. "$HERE/emulation.sh"
 [ $# -eq 4 ] || { echo "usage: docker/smoke.sh IMAGE MODELS_DIR PAIRS_DIR RESULTS_DIR" >&2; exit 2; }
 IMAGE=$1; MODELS=$(realpath "$2"); PAIRS=$(realpath "$3"); RESULTS=$(realpath "$4")
 command -v buildah >/dev/null || { echo "smoke.sh: buildah not found (apt-get install -y buildah)" >&2; exit 2; }
 [ -f "$MODELS/student.onnx" ] || { echo "smoke.sh: $MODELS/student.onnx missing" >&2; exit 2; }
 mkdir -p "$RESULTS"; chown 10001:10001 "$RESULTS"
+ARCH=$(buildah inspect --type image --format '{{.OCIv1.Architecture}}' "$IMAGE")
+if [ "$ARCH" != "$(host_arch)" ]; then
+  ensure_emulator "$ARCH" || exit 2
+  echo "emulated linux/$ARCH (QEMU_CPU=${QEMU_CPU:-cortex-a72}): benchmark timings below are emulation's, not a device's latency"
+fi
+emulation_args "$ARCH"
 CTR=$(buildah from --pull=never "$IMAGE")
 trap 'buildah rm "$CTR" >/dev/null' EXIT
 in_ctr() {
-  buildah run --isolation chroot --user 10001:10001 --workingdir /results \
+  buildah run --isolation chroot --user 10001:10001 --workingdir /results "${EMU_ENV[@]}" "${EMU_VOLUMES[@]}" \
     -v "$MODELS:/models:ro" -v "$PAIRS:/data:ro" -v "$RESULTS:/results" "$CTR" -- "$@"
 }
 start=$(date +%s)
