@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # docker/build.sh — build the facedistill images with podman, without a registry if need be.
 #
-#   docker/build.sh [--standin] [--full] [--platform amd64|arm64] [--tag PREFIX]
+#   docker/build.sh [--standin] [--full [--torch-wheels DIR]] [--platform amd64|arm64] [--tag PREFIX]
 #
 # --standin     first make a local base image from Debian packages (debootstrap --variant=minbase
 #               bookworm + python3 python3-venv python3-pip, a `python` link as in the official image)
 #               and build FROM it; for machines that reach Debian and PyPI but no container registry.
 #               The rootfs is cached in $STANDIN_DIR (default /var/tmp/facedistill-standin); a CA
 #               bundle named by $PIP_CERT (a TLS-inspecting proxy's) is copied into it.
-# --full        also build the `full` stage (PyTorch CPU)
+# --full        also build the `full` stage (PyTorch CPU, from the PyTorch CPU index by default)
+# --torch-wheels DIR  take torch from the wheels in DIR instead (mounted read-only into the build),
+#               for machines that cannot reach the PyTorch index; $TORCH_VERSION pins one of them
 # --platform    target architecture (default: this machine's). A foreign one (arm64 on x86-64) runs
 #               under qemu user mode: the emulator is registered with binfmt_misc first (see
 #               docker/emulation.sh), the stand-in's second debootstrap stage runs under it, and the
@@ -22,7 +24,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 # shellcheck source=docker/emulation.sh
 . "$ROOT/docker/emulation.sh"
 HOST=$(host_arch)
-STANDIN=0; FULL=0; ARCH=$HOST; TAG=facedistill
+STANDIN=0; FULL=0; ARCH=$HOST; TAG=facedistill; TORCH_WHEELS=
 STANDIN_DIR=${STANDIN_DIR:-/var/tmp/facedistill-standin}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
@@ -30,6 +32,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --standin) STANDIN=1; shift ;;
     --full) FULL=1; shift ;;
+    --torch-wheels) TORCH_WHEELS=$(cd "$2" && pwd) || { echo "build.sh: --torch-wheels $2: no such folder" >&2; exit 2; }; shift 2 ;;
     --platform) ARCH=${2#linux/}; shift 2 ;;
     --tag) TAG=$2; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -90,6 +93,10 @@ if [ "$STANDIN" -eq 1 ]; then
   ARGS+=(--build-arg "BUILD_PYTHON_IMAGE=$(standin "$HOST")")
 fi
 
+if [ -n "$TORCH_WHEELS" ]; then
+  ARGS+=(-v "$TORCH_WHEELS:/torch-wheels:ro" --build-arg TORCH_FIND_LINKS=/torch-wheels)
+fi
+[ -z "${TORCH_VERSION:-}" ] || ARGS+=(--build-arg "TORCH_VERSION=$TORCH_VERSION")
 STAGES=(runtime); [ "$FULL" -eq 1 ] && STAGES+=(full)
 for stage in "${STAGES[@]}"; do
   start=$(date +%s)
