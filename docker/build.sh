@@ -72,6 +72,16 @@ standin() {
     echo "debootstrap $arch: $(( $(date +%s) - t )) s" >&2
   fi
   ln -sf /usr/bin/python3 "$dir/usr/local/bin/python"
+  # Slim like Debian's -slim images (which the official python:*-slim builds on): no docs, man pages
+  # or translations, now and for packages installed later; copyright files stay.
+  mkdir -p "$dir/etc/dpkg/dpkg.cfg.d"
+  printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+    'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' 'path-exclude /usr/share/groff/*' \
+    'path-exclude /usr/share/lintian/*' 'path-exclude /usr/share/locale/*' \
+    'path-include /usr/share/locale/locale.alias' > "$dir/etc/dpkg/dpkg.cfg.d/slim"
+  find "$dir/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+  find "$dir/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+  rm -rf "$dir"/usr/share/man/* "$dir"/usr/share/info/* "$dir"/usr/share/groff/* "$dir"/usr/share/lintian/*
   # A host behind a TLS-inspecting proxy trusts an extra CA (pip's PIP_CERT); the stand-in must too.
   if [ -n "${PIP_CERT:-}" ] && [ -f "$PIP_CERT" ]; then
     cp "$PIP_CERT" "$dir/etc/ssl/certs/ca-certificates.crt"

@@ -98,5 +98,11 @@ if [ "$MODE" = runtime ]; then
 else
   run "$VENV/bin/python" -c "import torch; print('torch', torch.__version__)"
 fi
+if [ "$MODE" = runtime ]; then
+  # What an edge box never runs: numpy's own test suite, and pip/setuptools in the venv (to add a
+  # package, use the base image's pip: python3 -m pip --python /opt/venv/bin/python install ...).
+  run find "$VENV" -path '*/site-packages/numpy/*' -name tests -type d -prune -exec rm -rf {} +
+  run "$VENV/bin/python" -m pip uninstall --yes --quiet pip setuptools
+fi
 run find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
 echo "facedistill $MODE environment ready in $VENV"
