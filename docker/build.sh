@@ -101,6 +101,9 @@ if [ "$STANDIN" -eq 1 ]; then
   ARGS+=(--build-arg "PYTHON_SLIM_IMAGE=$BASE" --build-arg "PYTHON_FULL_IMAGE=$BASE")
   # The wheel stage runs on the build machine's platform: FROM its own stand-in, not the target's.
   ARGS+=(--build-arg "BUILD_PYTHON_IMAGE=$(standin "$HOST")")
+  # Every base is local; without this podman 4.3 looks for the host-arch stand-in in a registry
+  # when the target platform differs.
+  ARGS+=(--pull=never)
 fi
 
 if [ -n "$TORCH_WHEELS" ]; then
