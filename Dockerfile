@@ -15,12 +15,9 @@ ARG DEBIAN_RELEASE=bookworm
 # Debian-made image (python3 from bookworm) instead, for a machine that cannot reach a registry.
 ARG PYTHON_SLIM_IMAGE=python:${PYTHON_VERSION}-slim-${DEBIAN_RELEASE}
 ARG PYTHON_FULL_IMAGE=python:${PYTHON_VERSION}-${DEBIAN_RELEASE}
-# The wheel stage's base, run on the build machine's own platform. The official image is multi-arch,
-# so the default serves; a single-architecture stand-in needs the build machine's own here.
-ARG BUILD_PYTHON_IMAGE=${PYTHON_SLIM_IMAGE}
 
 # --- facedistill wheel: pure Python, so build it once on the build machine's own platform --------
-FROM --platform=$BUILDPLATFORM ${BUILD_PYTHON_IMAGE} AS wheel
+FROM --platform=$BUILDPLATFORM ${PYTHON_SLIM_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY facedistill ./facedistill

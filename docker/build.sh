@@ -13,8 +13,9 @@
 #               for machines that cannot reach the PyTorch index; $TORCH_VERSION pins one of them
 # --platform    target architecture (default: this machine's). A foreign one (arm64 on x86-64) runs
 #               under qemu user mode: the emulator is registered with binfmt_misc first (see
-#               docker/emulation.sh), the stand-in's second debootstrap stage runs under it, and the
-#               pure-Python wheel stage is built from the host's own stand-in.
+#               docker/emulation.sh) and the stand-in's second debootstrap stage runs under it.
+#               podman 4.3 builds every stage of a local single-arch base for the target platform,
+#               the pure-Python wheel stage too (emulated; buildx runs that one natively).
 # --tag PREFIX  image name prefix (default facedistill): PREFIX:runtime-ARCH, PREFIX:full-ARCH
 # Prints the build time and each image's size. Needs root (podman build --isolation chroot).
 set -euo pipefail
@@ -99,11 +100,7 @@ if [ "$STANDIN" -eq 1 ]; then
   [ "$(id -u)" -eq 0 ] || { echo "build.sh: --standin needs root (debootstrap)" >&2; exit 2; }
   BASE=$(standin "$ARCH")
   ARGS+=(--build-arg "PYTHON_SLIM_IMAGE=$BASE" --build-arg "PYTHON_FULL_IMAGE=$BASE")
-  # The wheel stage runs on the build machine's platform: FROM its own stand-in, not the target's.
-  ARGS+=(--build-arg "BUILD_PYTHON_IMAGE=$(standin "$HOST")")
-  # Every base is local; without this podman 4.3 looks for the host-arch stand-in in a registry
-  # when the target platform differs.
-  ARGS+=(--pull=never)
+  ARGS+=(--pull=never)  # every base is local: never ask a registry
 fi
 
 if [ -n "$TORCH_WHEELS" ]; then
