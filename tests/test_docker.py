@@ -86,6 +86,12 @@ def test_install_script_dry_run():
     full = subprocess.run(["bash", str(INSTALL), "full", "--venv", "/nonexistent/venv", "--dry-run"],
                           capture_output=True, text=True, timeout=30)
     assert full.returncode == 0 and "https://download.pytorch.org/whl/cpu torch" in full.stdout
+    assert "pip uninstall --yes --quiet pip setuptools" in rt.stdout and "pip uninstall" not in full.stdout
+    local = subprocess.run(["bash", str(INSTALL), "full", "--venv", "/nonexistent/venv", "--dry-run"],
+                           capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "TORCH_FIND_LINKS": "/wheels", "TORCH_VERSION": "2.13.0"})
+    assert local.returncode == 0 and "download.pytorch.org" not in local.stdout
+    assert "--no-index --no-deps --find-links /wheels torch==2.13.0" in local.stdout
     bad = subprocess.run(["bash", str(INSTALL), "gpu"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "MODE must be" in bad.stderr
 
