@@ -175,6 +175,9 @@ def test_build_script_says_what_is_missing(tmp_path: Path):
     bad = subprocess.run(["bash", str(ROOT / "docker" / "build.sh"), "--platform", "riscv64"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--platform must be" in bad.stderr
+    nowheels = subprocess.run(["bash", str(ROOT / "docker" / "build.sh"), "--full", "--torch-wheels",
+                               str(tmp_path / "none")], capture_output=True, text=True, timeout=30)
+    assert nowheels.returncode == 2 and "--torch-wheels" in nowheels.stderr and "no such folder" in nowheels.stderr
 
 
 def _pair_set_and_tiny_model(tmp_path: Path) -> tuple[Path, Path]:
