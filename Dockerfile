@@ -37,6 +37,9 @@ FROM ${PYTHON_FULL_IMAGE} AS full-build
 ARG ORT_VERSION=""
 ARG NUMPY_VERSION=""
 ARG TORCH_VERSION=""
+# A folder of torch CPU wheels mounted into the build (docker/build.sh --torch-wheels), for machines
+# that cannot reach the PyTorch index; empty = the index.
+ARG TORCH_FIND_LINKS=""
 COPY docker/install.sh /tmp/install.sh
 COPY --from=wheel /dist /dist
 RUN bash /tmp/install.sh full --venv /opt/venv --src /dist

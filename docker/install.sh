@@ -9,21 +9,24 @@
 #   runtime  onnxruntime, numpy, opencv-python-headless<5, typer, rich, pyyaml + facedistill (--no-deps).
 #            No torch: `evaluate` and `benchmark` ONNX models on an edge box. Binary wheels only, so
 #            nothing is compiled and the image needs no build tools.
-#   full     PyTorch CPU wheels (from the PyTorch CPU index) + facedistill with all its dependencies:
-#            distill, export, everything.
+#   full     PyTorch CPU wheels (from the PyTorch CPU index, or a folder of wheels) + facedistill with
+#            all its dependencies: distill, export, everything.
 # --venv DIR    the virtual environment to create or reuse (default /opt/venv)
 # --src PATH    a facedistill source tree, a wheel, or a folder holding one wheel (default: this repo)
 # --python PY   interpreter that creates the venv (default python3)
 # --dry-run     print the commands instead of running them
 #
 # Versions can be overridden with environment variables: ORT_VERSION, NUMPY_VERSION,
-# TORCH_VERSION (full; empty = latest), TORCH_INDEX_URL (full).
+# TORCH_VERSION (full; empty = latest), TORCH_INDEX_URL (full), TORCH_FIND_LINKS (full: a folder or
+# URL holding torch CPU wheels, for machines that cannot reach the PyTorch index; torch then comes from
+# there alone, with --no-index, so a CUDA build from PyPI can never be picked instead).
 set -euo pipefail
 
 ORT_VERSION=${ORT_VERSION:-1.32.0}     # keep equal on every target: parity checks compare across them
 NUMPY_VERSION=${NUMPY_VERSION:-2.4.6}
 TORCH_VERSION=${TORCH_VERSION:-}
 TORCH_INDEX_URL=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+TORCH_FIND_LINKS=${TORCH_FIND_LINKS:-}
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
 
@@ -78,7 +81,12 @@ if [ "$MODE" = runtime ]; then
   # facedistill's own metadata requires torch; the runtime deliberately installs without it.
   run "${PIP[@]}" --no-deps "$SRC"
 else
-  run "${PIP[@]}" --index-url "$TORCH_INDEX_URL" "torch${TORCH_VERSION:+==$TORCH_VERSION}"
+  if [ -n "$TORCH_FIND_LINKS" ]; then
+    # torch alone from the folder; its own dependencies come from the index with facedistill's below
+    run "${PIP[@]}" --no-index --no-deps --find-links "$TORCH_FIND_LINKS" "torch${TORCH_VERSION:+==$TORCH_VERSION}"
+  else
+    run "${PIP[@]}" --index-url "$TORCH_INDEX_URL" "torch${TORCH_VERSION:+==$TORCH_VERSION}"
+  fi
   run "${PIP[@]}" "onnxruntime==${ORT_VERSION}" "numpy==${NUMPY_VERSION}" "$SRC"
 fi
 
@@ -89,6 +97,12 @@ if [ "$MODE" = runtime ]; then
   run "$VENV/bin/python" -c "import importlib.util, sys; sys.exit('torch must not be in the runtime venv' if importlib.util.find_spec('torch') else 0)"
 else
   run "$VENV/bin/python" -c "import torch; print('torch', torch.__version__)"
+fi
+if [ "$MODE" = runtime ]; then
+  # What an edge box never runs: numpy's own test suite, and pip/setuptools in the venv (to add a
+  # package, use the base image's pip: python3 -m pip --python /opt/venv/bin/python install ...).
+  run find "$VENV" -path '*/site-packages/numpy/*' -name tests -type d -prune -exec rm -rf {} +
+  run "$VENV/bin/python" -m pip uninstall --yes --quiet pip setuptools
 fi
 run find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
 echo "facedistill $MODE environment ready in $VENV"

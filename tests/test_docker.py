@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
 INSTALL = ROOT / "docker" / "install.sh"
+EMBED = ROOT / "docker" / "embed.py"
 
 
 def _hadolint() -> str | None:
@@ -83,6 +86,12 @@ def test_install_script_dry_run():
     full = subprocess.run(["bash", str(INSTALL), "full", "--venv", "/nonexistent/venv", "--dry-run"],
                           capture_output=True, text=True, timeout=30)
     assert full.returncode == 0 and "https://download.pytorch.org/whl/cpu torch" in full.stdout
+    assert "pip uninstall --yes --quiet pip setuptools" in rt.stdout and "pip uninstall" not in full.stdout
+    local = subprocess.run(["bash", str(INSTALL), "full", "--venv", "/nonexistent/venv", "--dry-run"],
+                           capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "TORCH_FIND_LINKS": "/wheels", "TORCH_VERSION": "2.13.0"})
+    assert local.returncode == 0 and "download.pytorch.org" not in local.stdout
+    assert "--no-index --no-deps --find-links /wheels torch==2.13.0" in local.stdout
     bad = subprocess.run(["bash", str(INSTALL), "gpu"], capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "MODE must be" in bad.stderr
 
@@ -166,3 +175,109 @@ def test_build_script_says_what_is_missing(tmp_path: Path):
     bad = subprocess.run(["bash", str(ROOT / "docker" / "build.sh"), "--platform", "riscv64"],
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "--platform must be" in bad.stderr
+    nowheels = subprocess.run(["bash", str(ROOT / "docker" / "build.sh"), "--full", "--torch-wheels",
+                               str(tmp_path / "none")], capture_output=True, text=True, timeout=30)
+    assert nowheels.returncode == 2 and "--torch-wheels" in nowheels.stderr and "no such folder" in nowheels.stderr
+
+
+def _pair_set_and_tiny_model(tmp_path: Path) -> tuple[Path, Path]:
+    sys.path.insert(0, str(ROOT / "tests" / "evaluation"))
+    from test_evaluate_cli import META, pair_set, tiny_onnx
+
+    models = tmp_path / "models"
+    models.mkdir()
+    tiny_onnx(models / "tiny.onnx", meta={**META, "precision": "fp32"})
+    return models, pair_set(tmp_path / "pairs", num_pairs=60, num_images=30)
+
+
+def test_embed_script_compares_two_targets(tmp_path: Path):
+    """docker/embed.py, as parity.sh runs it inside each image: same run twice agrees bit for bit;
+    an embedding moved past the fp32 threshold fails with exit 1; a missing folder is exit 2."""
+    models, pairs = _pair_set_and_tiny_model(tmp_path)
+    for name in ("a", "b"):
+        res = subprocess.run([sys.executable, str(EMBED), "embed", "--data", str(pairs), "--faces", "12",
+                              "--out", str(tmp_path / name), str(models / "tiny.onnx")],
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+    info = json.loads((tmp_path / "a" / "info.json").read_text())
+    assert info["faces"] == 12 and info["models"]["tiny"]["precision"] == "fp32"
+    assert info["machine"] == platform.machine() and "latency" not in json.dumps(info)
+    out = tmp_path / "parity.json"
+    same = subprocess.run([sys.executable, str(EMBED), "compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert same.returncode == 0 and "parity passed" in same.stdout, same.stdout + same.stderr
+    row = json.loads(out.read_text())["results"][0]
+    assert row["passed"] and row["identical"] and row["min_cosine"] > 0.9999999 and row["faces"] == 12
+
+    emb = np.load(tmp_path / "b" / "tiny.npy")
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal(emb.shape[1]).astype(np.float32)
+    emb[3] += 0.01 * np.linalg.norm(emb[3]) * noise / np.linalg.norm(noise)  # cosine ~0.99995 < 0.99999
+    np.save(tmp_path / "b" / "tiny.npy", emb)
+    diff = subprocess.run([sys.executable, str(EMBED), "compare", str(tmp_path / "a"), str(tmp_path / "b"),
+                           "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert diff.returncode == 1 and "FAIL" in diff.stdout, diff.stdout + diff.stderr
+    row = json.loads(out.read_text())["results"][0]
+    assert not row["passed"] and 0.9999 < row["min_cosine"] < 0.99999
+    missing = subprocess.run([sys.executable, str(EMBED), "compare", str(tmp_path / "a"), str(tmp_path / "c")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "info.json missing" in missing.stderr
+
+
+def _arm64_blocker() -> str | None:
+    """Why this machine cannot build and run a linux/arm64 image (None when it can)."""
+    reason = _image_build_blocker()
+    if reason or platform.machine() in ("aarch64", "arm64"):
+        return reason
+    missing = [t for t in ("qemu-aarch64-static", "update-binfmts") if shutil.which(t) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed (apt-get install -y qemu-user-static binfmt-support)"
+    res = subprocess.run(["bash", "-c", f". {ROOT / 'docker' / 'emulation.sh'} && ensure_emulator arm64"],
+                         capture_output=True, text=True, timeout=120)
+    return None if res.returncode == 0 else f"cannot register qemu-aarch64 with binfmt_misc: {res.stderr.strip()}"
+
+
+@pytest.mark.slow
+def test_arm64_runtime_image_under_emulation(tmp_path: Path):
+    """docker/build.sh --standin --platform arm64 builds the runtime stage under qemu, docker/smoke.sh
+    passes in it, and docker/parity.sh finds its embeddings equal to the amd64 image's (worst cosine
+    >= 0.99999 fp32, >= 0.999 int8). Emulated timings are not looked at."""
+    reason = _arm64_blocker()
+    if reason:
+        pytest.skip(reason)
+    sys.path.insert(0, str(ROOT / "tests" / "bench"))
+    sys.path.insert(0, str(ROOT / "tests" / "evaluation"))
+    from _models import export_mobilefacenet, quantize_int8
+    from test_evaluate_cli import pair_set
+
+    models = tmp_path / "models"
+    models.mkdir()
+    export_mobilefacenet(models / "student.onnx")
+    quantize_int8(models / "student.onnx", models / "student.int8.onnx")
+    pairs = pair_set(tmp_path / "pairs", num_pairs=100, num_images=12)  # 12 faces: emulation is slow
+    tag = "localhost/facedistill-test"
+    host = "arm64" if platform.machine() in ("aarch64", "arm64") else "amd64"
+    for arch in dict.fromkeys((host, "arm64")):
+        built = subprocess.run(["bash", str(ROOT / "docker" / "build.sh"), "--standin", "--platform", arch,
+                                "--tag", tag], capture_output=True, text=True, timeout=5400)
+        assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    results = tmp_path / "results"
+    smoke = subprocess.run(["bash", str(ROOT / "docker" / "smoke.sh"), f"{tag}:runtime-arm64", str(models),
+                            str(pairs), str(results)], capture_output=True, text=True, timeout=1800)
+    assert smoke.returncode == 0, smoke.stdout[-3000:] + smoke.stderr[-3000:]
+    assert "no torch, /models read-only" in smoke.stdout
+    bench = json.loads((results / "bench.json").read_text())
+    assert bench["machine"]["architecture"] == "aarch64" and bench["machine"]["torch"] is None
+    assert [r["status"] for r in bench["rows"]] == ["ok", "ok"]
+    ev = json.loads((results / "eval.json").read_text())
+    assert ev["results"][0]["pairs"] == 100
+    parity = subprocess.run(["bash", str(ROOT / "docker" / "parity.sh"), "--faces", "12", f"{tag}:runtime-{host}",
+                             f"{tag}:runtime-arm64", str(models), str(pairs), str(results)],
+                            capture_output=True, text=True, timeout=1800)
+    assert parity.returncode == 0, parity.stdout[-3000:] + parity.stderr[-3000:]
+    rep = json.loads((results / "parity.json").read_text())
+    assert rep["passed"] and rep["target"]["machine"] == "aarch64"
+    rows = {r["model"]: r for r in rep["results"]}
+    assert rows["student"]["precision"] == "fp32" and rows["student"]["min_cosine"] >= 0.99999
+    assert rows["student.int8"]["precision"] == "int8" and rows["student.int8"]["min_cosine"] >= 0.999
+    assert all(r["faces"] == 12 for r in rows.values())
