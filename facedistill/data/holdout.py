@@ -141,7 +141,7 @@ def plan_holdout(labels: np.ndarray, names: Sequence[str], *, identities: int, p
         raise DataError(f"{where}: --holdout-identities {identities} asks for more identities than it has with "
                         f"at least {min_images} images ({len(eligible)} of {len(counts)}). Pass "
                         f"--holdout-identities {len(eligible)} or less"
-                        + (f", or lower --min-images" if min_images > 2 else "") + ".")
+                        + (", or lower --min-images" if min_images > 2 else "") + ".")
     order = rng.permutation(len(eligible))
     held = [eligible[i][1] for i in order[:identities]]
     images_of = {lab: np.flatnonzero(labels == lab) for lab in held}
