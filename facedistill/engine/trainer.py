@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from facedistill import __version__
-from facedistill.config.recipe import Recipe
+from facedistill.config.recipe import Recipe, student_preprocessing
 from facedistill.data.packed import PackedDataset
 from facedistill.engine import distributed as ddp
 from facedistill.engine.batches import EpochBatches, flip_mask, view_choice
@@ -231,6 +231,8 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.student = create_backbone(cfg.student.arch, embedding_size=cfg.student.embedding_size)
+        # the input normalisation the student (and its start) expects: recipe, else checkpoint, else arcface's
+        self.student_pre = student_preprocessing(cfg.student)
         if cfg.student.checkpoint:
             from facedistill.models.checkpoints import load_backbone
 
@@ -252,6 +254,11 @@ class Trainer:
         self.module = TrainModule(self.student, head, projector, objective, cfg.loss.margin.weight).to(self.device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.student.to(memory_format=self.memory_format)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (N, 3, H, W) -> the student's input: arcface_torch's (x - 127.5) / 127.5 unless the
+        recipe or an imported start says otherwise (``student.mean``/``std``/``channel_order``)."""
+        return self.student_pre.apply_torch(x)
 
     def _projector(self, teacher_dim: int) -> nn.Module | None:
         cfg = self.cfg
@@ -366,7 +373,7 @@ class Trainer:
         """What the student sees (``augment``), the teacher's embedding of exactly that, normalised, on the device."""
         images, views = self.augment(images, index)
         teacher_emb = self.teacher_targets(images, index, views)
-        x = normalise(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
+        x = self.normalise(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         return Batch(x=x, labels=labels.to(self.device), teacher_emb=teacher_emb, size=len(index))
 
     def augment(self, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -468,7 +475,7 @@ class Trainer:
         from facedistill.engine.precise_bn import recompute_bn_stats
 
         recompute_bn_stats(model, self.train_set, self.cfg.train.precise_bn_images, self.cfg.data.batch_size,
-                           normalise, self.device, seed=self.cfg.train.seed, memory_format=self.memory_format)
+                           self.normalise, self.device, seed=self.cfg.train.seed, memory_format=self.memory_format)
 
     def evaluate(self) -> dict[str, float]:
         """Verification on the validation pairs, on a copy with precise BN (training keeps its statistics).
@@ -476,7 +483,6 @@ class Trainer:
         Besides accuracy it reports the mean cosine of impostor pairs (different people): a student
         collapsing towards one direction shows as this value climbing towards 1.
         """
-        from facedistill.data.preprocessing import Preprocessing
         from facedistill.evaluation.embedders import TorchEmbedder, embed_images
         from facedistill.evaluation.protocol import pair_scores, verification_metrics
 
@@ -487,7 +493,7 @@ class Trainer:
         model = copy.deepcopy(self.student)
         self.recalibrate(model)
         model.eval()
-        emb = embed_images(TorchEmbedder(model, Preprocessing(), device=str(self.device)), val_set.images(used))
+        emb = embed_images(TorchEmbedder(model, self.student_pre, device=str(self.device)), val_set.images(used))
         where = {int(i): k for k, i in enumerate(used)}
         a = emb[[where[int(i)] for i in pairs[:, 0]]]
         b = emb[[where[int(i)] for i in pairs[:, 1]]]
@@ -542,7 +548,7 @@ class Trainer:
                                                      "cached": self.teacher_cache is not None},
             "loss": {"margin": cfg.loss.margin.type, "distill": cfg.loss.distill.type},
             "augment": self._augment_summary(),
-            "preprocessing": {"mean": STUDENT_MEAN, "std": STUDENT_STD, "channel_order": "RGB", "input_size": 112},
+            "preprocessing": self.student_pre.to_dict(),
             "recipe_hash": cfg.hash(),
             "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),
