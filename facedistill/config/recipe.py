@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
-import numpy as np
 import yaml
 
 from facedistill.config.schema import deep_merge, from_dict, to_dict
@@ -352,17 +351,6 @@ def student_preprocessing(s: StudentConfig) -> Any:
     return Preprocessing()
 
 
-def _per_channel(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
-
-
-def same_preprocessing(a: Any, b: Any) -> bool:
-    """Equal normalisation (127.5 and [127.5, 127.5, 127.5] are the same) and channel order."""
-    return (a.channel_order == b.channel_order and a.input_size == b.input_size
-            and np.allclose(_per_channel(a.mean), _per_channel(b.mean), rtol=0, atol=1e-4)
-            and np.allclose(_per_channel(a.std), _per_channel(b.std), rtol=0, atol=1e-4))
-
-
 def _describe_pre(p: Any) -> str:
     return f"{p.channel_order}, mean {p.mean}, std {p.std}, input {p.input_size}"
 
@@ -382,7 +370,7 @@ def _validate_student_input(s: StudentConfig, where: str, check_files: bool) -> 
     if not check_files or not s.checkpoint:
         return
     from facedistill.errors import FaceDistillError
-    from facedistill.models.checkpoints import recorded_preprocessing
+    from facedistill.models.checkpoints import recorded_preprocessing, same_preprocessing
     from facedistill.models.onnx_import import import_onnx_backbone, is_onnx_file
 
     if not Path(s.checkpoint).exists():

@@ -26,6 +26,7 @@ say it (a recipe's ``student.mean``/``std``/``channel_order``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -590,3 +591,58 @@ def import_onnx_backbone(path: str | os.PathLike, arch: str | None = None, embed
                       preprocessing=recorded_preprocessing(path),
                       info={"imported_from_onnx": str(path), "onnx_sha256": sha256_file(path)})
 
+
+
+def resolve_start_preprocessing(path: str | os.PathLike, given: Preprocessing | None,
+                                recorded: Preprocessing | None) -> Preprocessing:
+    """What an imported start trains and embeds with: the file's metadata, else ``given``; both
+    when they agree. Raises CheckpointError when they disagree or neither says anything."""
+    if recorded is None and given is None:
+        raise CheckpointError(
+            f"{path} does not record the preprocessing it was trained with; say it (--mean, --std, --bgr/--rgb; "
+            "a recipe's student.mean/std/channel_order): pixel scale 0..255, in the model's channel order, e.g. "
+            "PaddleX/insightface 127.5 / 127.5, ImageNet-normalised RGB mean 123.675,116.28,103.53 std "
+            "58.395,57.12,57.375")
+    if recorded is not None and given is not None:
+        from facedistill.models.checkpoints import same_preprocessing
+
+        if not same_preprocessing(recorded, dataclasses.replace(given, input_size=recorded.input_size)):
+            raise CheckpointError(f"{path}: its metadata records {recorded.to_dict()}, not the given {given.to_dict()}")
+    return recorded or given  # type: ignore[return-value]
+
+
+def save_imported_start(path: str | os.PathLike, out: str | os.PathLike, arch: str | None = None,
+                        embedding_size: int | None = None, preprocessing: Preprocessing | None = None,
+                        threads: int | None = 1) -> dict[str, Any]:
+    """Import an ONNX face model and write it as a run folder (``student.pt`` + ``summary.json``).
+
+    The folder is what ``facedistill evaluate`` / ``export`` and a recipe's ``student.checkpoint``
+    read, with the preprocessing recorded in the summary, so nothing downstream has to be told it
+    again. Returns the summary (arch, layers matched, the probe cosine against onnxruntime).
+    """
+    from facedistill.models.checkpoints import STUDENT_FILE, SUMMARY_FILE
+    from facedistill.models.registry import count_parameters
+    from facedistill.utils.atomic import atomic_path, write_json_atomic
+
+    imported = import_onnx_backbone(path, arch=arch, embedding_size=embedding_size, threads=threads)
+    pre = resolve_start_preprocessing(path, preprocessing, imported.preprocessing)
+    if pre.input_size != imported.input_size:
+        pre = Preprocessing(pre.mean, pre.std, pre.channel_order, imported.input_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / STUDENT_FILE) as tmp:
+        torch.save(imported.model.state_dict(), tmp)
+    summary = {
+        "name": out.name,
+        "run_dir": str(out),
+        "student": {"arch": imported.arch, "embedding_size": imported.embedding_size,
+                    "parameters": count_parameters(imported.model),
+                    "size_mb": round((out / STUDENT_FILE).stat().st_size / 1e6, 3)},
+        "preprocessing": pre.to_dict(),
+        "imported_from": {"onnx": str(Path(path).resolve()), "sha256": imported.info["onnx_sha256"],
+                          "layers_matched": imported.layers, "residual_adds": imported.residual_adds,
+                          "probe_min_cosine": imported.probe_min_cosine,
+                          "preprocessing_source": "metadata" if imported.preprocessing is not None else "given"},
+    }
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    return summary
