@@ -239,6 +239,8 @@ class Trainer:
             init = load_backbone(cfg.student.checkpoint, arch=cfg.student.arch,
                                  embedding_size=cfg.student.embedding_size)
             self.student.load_state_dict(init.model.state_dict())
+            if init.info.get("imported_from_onnx") or init.info.get("imported_from"):  # ONNX, or `prepare student`
+                self.calibrate_start()
         head = None
         if cfg.loss.margin.type != "none":
             if not bool((self.train_set.labels >= 0).any()):
@@ -254,6 +256,16 @@ class Trainer:
         self.module = TrainModule(self.student, head, projector, objective, cfg.loss.margin.weight).to(self.device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.student.to(memory_format=self.memory_format)
+
+    def calibrate_start(self) -> None:
+        """An ONNX start's BatchNorms carry unit statistics; give them the training images' (eval function
+        unchanged) so train-mode steps start from what the public model computes (precise_bn.py)."""
+        from facedistill.engine.precise_bn import calibrate_imported_bn
+
+        n = calibrate_imported_bn(self.student, self.train_set, self.cfg.train.precise_bn_images,
+                                  self.cfg.data.batch_size, self.normalise, torch.device("cpu"), seed=self.cfg.train.seed)
+        self.monitor.message(f"imported start: {n} BatchNorms calibrated on training images "
+                             f"(eval-mode output unchanged)")
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, 3, H, W) -> the student's input: arcface_torch's (x - 127.5) / 127.5 unless the

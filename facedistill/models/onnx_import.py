@@ -646,3 +646,55 @@ def save_imported_start(path: str | os.PathLike, out: str | os.PathLike, arch: s
     }
     write_json_atomic(out / SUMMARY_FILE, summary)
     return summary
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-express every BatchNorm with the statistics of its input on real data, keeping the model's
+    eval-mode function exactly; returns the number of BatchNorms changed.
+
+    Why: an imported BN has unit statistics, which is exact in eval mode but not in train mode, where
+    BN normalises by the batch's own statistics: there the imported PaddleX MobileFaceNet's embeddings
+    have a mean cosine of about 0.08 to its eval-mode ones on LFW faces, i.e. fine-tuning would start
+    from another function. With running mean ``mu`` and var ``v`` measured on ``batches`` (eval-mode
+    forward passes, so each BN sees what it sees at inference), weight ``s * k`` and bias
+    ``b + (mu - m) * k`` (``k = w / sqrt(var_old + eps)``, ``s = sqrt(v + eps)``) compute the same
+    eval output, and a train-mode batch of 64 faces then stays at a cosine of about 0.95-0.97.
+    ``batches``: preprocessed float N x 3 x H x W tensors on the model's device.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sums: dict[nn.Module, list[Any]] = {m: [0, 0.0, 0.0] for m in bns}
+
+    def record(mod: nn.Module, inputs: tuple[torch.Tensor, ...], _out: Any) -> None:
+        x = inputs[0].double()
+        flat = x.transpose(0, 1).reshape(x.shape[1], -1)
+        acc = sums[mod]
+        acc[0] += flat.shape[1]
+        acc[1] = acc[1] + flat.sum(1)
+        acc[2] = acc[2] + (flat * flat).sum(1)
+
+    hooks = [m.register_forward_hook(record) for m in bns]
+    was_training = model.training
+    model.eval()
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    changed = 0
+    for m in bns:
+        count, total, squares = sums[m]
+        if not count:
+            continue
+        mu = total / count
+        var = (squares / count - mu * mu).clamp_min(0.0)
+        k = m.weight.double() / torch.sqrt(m.running_var.double() + m.eps)
+        s = torch.sqrt(var + m.eps)
+        m.bias.copy_((m.bias.double() + (mu - m.running_mean.double()) * k).to(m.bias.dtype))
+        m.weight.copy_((s * k).to(m.weight.dtype))
+        m.running_mean.copy_(mu.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+        changed += 1
+    return changed
