@@ -71,7 +71,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB -> the arcface_torch input range, (x - 127.5) / 127.5."""
+    """uint8 RGB -> the arcface_torch input range, (x - 127.5) / 127.5 (the student's default input;
+    ``Trainer.normalise`` applies ``student.mean/std/channel_order`` when a recipe sets them)."""
     return (x.float() - STUDENT_MEAN) / STUDENT_STD
 
 
@@ -262,8 +263,9 @@ class Trainer:
         unchanged) so train-mode steps start from what the public model computes (precise_bn.py)."""
         from facedistill.engine.precise_bn import calibrate_imported_bn
 
-        n = calibrate_imported_bn(self.student, self.train_set, self.cfg.train.precise_bn_images,
-                                  self.cfg.data.batch_size, self.normalise, torch.device("cpu"), seed=self.cfg.train.seed)
+        cfg = self.cfg
+        n = calibrate_imported_bn(self.student, self.train_set, cfg.train.precise_bn_images, cfg.data.batch_size,
+                                  self.normalise, torch.device("cpu"), seed=cfg.train.seed)
         self.monitor.message(f"imported start: {n} BatchNorms calibrated on training images "
                              f"(eval-mode output unchanged)")
 

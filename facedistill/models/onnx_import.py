@@ -223,8 +223,14 @@ def read_onnx_units(path: str | os.PathLike) -> OnnxGraph:
             unit = OnnxUnit(kind, name, node.input[1] if op == "PRelu" else "", weight,
                             alpha=float(attrs.get("alpha", 0.01)))
         elif op == "Clip":
-            lo = attrs.get("min") if "min" in attrs else (float(const(node.input[1], node)) if len(node.input) > 1 and node.input[1] else None)
-            hi = attrs.get("max") if "max" in attrs else (float(const(node.input[2], node)) if len(node.input) > 2 and node.input[2] else None)
+            def bound(key: str, position: int) -> float | None:
+                # opset < 11: attributes; later: optional constant inputs
+                if key in attrs:
+                    return float(attrs[key])
+                has = len(node.input) > position and node.input[position]
+                return float(const(node.input[position], node)) if has else None
+
+            lo, hi = bound("min", 1), bound("max", 2)
             if lo == 0.0 and hi == 6.0:
                 unit = OnnxUnit("relu6", name)
             elif lo == 0.0 and hi is None:
@@ -495,20 +501,6 @@ def _candidates(exclude: str | None) -> Iterable[str]:
     # small models first: a MobileFaceNet file is told apart in milliseconds, an IResNet costs seconds to build
     names = sorted(list_backbones(), key=lambda n: (not n.startswith("mobilefacenet"), n))
     return [n for n in names if n != exclude]
-
-
-def find_matching_arch(path: str | os.PathLike, embedding_size: int | None = None) -> str | None:
-    """The first registered backbone the file's layers match, or None."""
-    from facedistill.models.registry import create_backbone
-
-    graph = read_onnx_units(path)
-    emb = embedding_size or graph.output_dim or _last_width(graph)
-    size = _input_size(graph, path)
-    for name in _candidates(None):
-        model, mismatch, _ = _try_arch(graph, name, emb, size, create_backbone)
-        if model is not None:
-            return name
-    return None
 
 
 def _last_width(graph: OnnxGraph) -> int:
