@@ -34,6 +34,10 @@ file (lfw.bin, cfp_fp.bin, agedb_30.bin, ...), or an LFW pairs.txt (or pairs .cs
 of aligned 112x112 images as PAIRS.txt:IMAGES_DIR (IMAGES_DIR defaults to --images, else images/
 beside the pairs file, else the pairs file's folder). A folder holding pairs.txt works too.
 
+With two rows or more, each set gets a column comparing every row with the reference row (--reference;
+default the first model) on the same pairs: pairs won / lost (judged right where the reference is
+wrong, and the reverse) and a two-sided exact McNemar p; "a tie" where p > 0.05.
+
 When the same model is given as a checkpoint and as ONNX (ONNX metadata naming the checkpoint,
 same folder and base name, or --compare), the worst torch-vs-ONNX embedding cosine is shown.
 
@@ -44,6 +48,8 @@ Examples:
   facedistill evaluate runs/mbf-kd/student.pt runs/mbf-kd/student.onnx runs/mbf-kd/student.int8.onnx --data data/synthetic/val --json eval.json --plot plots/
 
   facedistill evaluate sface.onnx --mean 0 --std 1 --data lfw112-dev/pairs.txt:lfw112-dev/images
+
+  facedistill evaluate paddlex.onnx foamliu.onnx sface.onnx --ensemble --reference best --data data/lfw112/val --data data/celeba112/dev
 """
 
 
@@ -93,6 +99,16 @@ def _fmt_tar(v: Optional[float]) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def format_vs_reference(result: Any) -> str:
+    """``won/lost, p, verdict`` against the reference row (``reference`` for the row itself)."""
+    if result.is_reference:
+        return "reference"
+    v = result.vs_reference
+    if v is None:
+        return "-"
+    return f"+{v['won']}/-{v['lost']}, p {v['p_value']:.2g}, {v['verdict']}"
+
+
 def build_table(report: Any) -> Any:
     """The rich table: rows models, columns sets (accuracy ± std, TAR@FAR where measurable)."""
     from rich.table import Table
@@ -109,6 +125,7 @@ def build_table(report: Any) -> Any:
     table.add_column("MB", justify="right")
     set_names = [s["name"] for s in report.sets]
     shown_fars: dict[str, list[str]] = {}
+    paired_column: dict[str, bool] = {}
     for name in set_names:
         rows = [r for r in report.results if r.data == name]
         fars = [far_key(f) for f in TABLE_FARS
@@ -118,6 +135,11 @@ def build_table(report: Any) -> Any:
         table.add_column(f"{name}\n({pairs} pairs)", justify="right", no_wrap=True)
         for fk in fars:
             table.add_column(f"{name}\nTAR@{fk}", justify="right", no_wrap=True)
+        if len(rows) > 1:
+            ref = next((r.model for r in rows if r.is_reference), "?")
+            against = "best" if report.settings.get("reference") == "best" else ref
+            table.add_column(f"{name}\nvs {against}\nwon/lost, p", justify="right", no_wrap=True)
+        paired_column[name] = len(rows) > 1
     has_parity = bool(report.parity)
     if has_parity:
         table.add_column("torch vs ONNX\nmin cos", justify="right")
@@ -128,11 +150,13 @@ def build_table(report: Any) -> Any:
             try:
                 r = report.result(info.name, name)
             except KeyError:
-                cells.extend(["-"] * (1 + len(shown_fars[name])))
+                cells.extend(["-"] * (1 + len(shown_fars[name]) + paired_column[name]))
                 continue
             cells.append(format_accuracy(r.metrics.accuracy, r.metrics.accuracy_std))
             for fk in shown_fars[name]:
                 cells.append(_fmt_tar(r.metrics.tar_at_far.get(fk)))
+            if paired_column[name]:
+                cells.append(format_vs_reference(r))
         if has_parity:
             p = report.worst_parity(info.name)
             if p is None:
@@ -177,6 +201,11 @@ def evaluate_cmd(
     ensemble: bool = typer.Option(False, "--ensemble", help="Also score all MODELs together: concatenated "
                                   "L2-normalised embeddings (what the teachers are worth jointly)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="--ensemble: one weight per MODEL, e.g. 1,1,0.5."),
+    reference: Optional[str] = typer.Option(None, "--reference", metavar="NAME_OR_INDEX",
+                                            help="Row the others are compared with pair by pair (won / lost, "
+                                                 "two-sided McNemar p, 'a tie' where p > 0.05): a MODEL as given or "
+                                                 "as named in the table, its position (1 = first), 'ensemble', or "
+                                                 "'best' (the most accurate on each set). Default: the first MODEL."),
 ) -> None:
     from facedistill.evaluation.evaluate import evaluate
 
@@ -189,7 +218,7 @@ def evaluate_cmd(
     report = evaluate(
         models, data, arch=arch, mean=_channels(mean, "--mean"), std=_channels(std, "--std"), bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
         nfolds=folds, fold_scheme=fold_scheme, plot_dir=plot, compare=_parse_compare(compare), allow_missing=allow_missing, device=device,
-        threads=threads, ensemble=ensemble, weights=_weights(weights),
+        threads=threads, ensemble=ensemble, weights=_weights(weights), reference=reference,
         progress=lambda desc, total: progress_bar(desc, total), log=log,
     )
     out.print(build_table(report))

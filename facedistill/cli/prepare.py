@@ -263,6 +263,58 @@ def pairs(
     _show("prepare pairs", summary, json_out)
 
 
+_SPLIT_ROWS = [("source", "source"), ("train_out", "train set"), ("train_identities", "  identities"),
+               ("train_images", "  images"), ("holdout_out", "held-out pair set"),
+               ("holdout_identities", "  identities"), ("holdout_images", "  images"),
+               ("holdout_identities_in_pairs", "  identities some pair uses"),
+               ("holdout_images_unused", "  held-out images no pair uses"), ("pairs", "  pairs"),
+               ("same_pairs", "  same pairs"), ("different_pairs", "  different pairs"), ("folds", "  folds"),
+               ("pairs_per_fold", "  pairs per fold"), ("same_pairs_available", "  same pairs available"),
+               ("seed", "seed"), ("seconds", "time (s)")]
+
+
+@prepare_app.command("split")
+@user_errors
+def split(
+    source: Path = typer.Argument(..., help="A labelled packed train set (`prepare folder`, one sub-folder per "
+                                            "identity)."),
+    train_out: Path = typer.Option(..., "--train-out", help="Output: the identities that stay (packed train set)."),
+    holdout_out: Path = typer.Option(..., "--holdout-out", help="Output: the held-out identities' verification "
+                                                                "pairs (packed pair set for evaluate --data)."),
+    holdout_identities: int = typer.Option(..., "--holdout-identities", help="Identities to hold out, drawn at "
+                                           "random among those with at least --min-images images."),
+    holdout_pairs: Optional[int] = typer.Option(None, "--holdout-pairs", help="Pairs in all, half same, half "
+                                                "different (a multiple of 2 x --folds; default: all the same "
+                                                "pairs the identities give in balanced folds)."),
+    folds: int = typer.Option(10, "--folds", help="Identity-disjoint folds, each as many same as different "
+                                                  "pairs (LFW: 10)."),
+    min_images: int = typer.Option(2, "--min-images", help="Only identities with at least N images are held out."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed and source give the same split."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Hold identities out of a packed train set as a dev pair set; the other identities stay a train set.
+
+    The two outputs share no identity; the pairs come in identity-disjoint folds of equal size, each
+    half same, half different, like LFW's (evaluate's 10 contiguous folds are these folds).
+
+    Example (CelebA: 1,300 identities give 3,000 same + 3,000 different pairs):
+    facedistill prepare split data/celeba112-all --train-out data/celeba112/train
+    --holdout-out data/celeba112/dev --holdout-identities 1300 --holdout-pairs 6000
+    """
+    from facedistill.data.holdout import split_holdout
+
+    with _lazy_progress("copying images", quiet) as progress:
+        summary = split_holdout(source, train_out, holdout_out, identities=holdout_identities, pairs=holdout_pairs,
+                                folds=folds, min_images=min_images, seed=seed, progress=progress)
+    out_console = err_console if json_out is not None and str(json_out) == "-" else console
+    table = Table(title="prepare split", show_header=False)
+    for key, label in _SPLIT_ROWS:
+        table.add_row(label, str(summary[key]))
+    out_console.print(table)
+    write_json_output(json_out, summary)
+
+
 @prepare_app.command("grid")
 @user_errors
 def grid_cmd(

@@ -97,6 +97,8 @@ class TeacherConfig:
     # per sample. 1 = the plain cache of (image, flip) used without augmentation.
     views: int = 1
     online: bool = False  # the teacher embeds every (freshly augmented) batch; no cache
+    cache_dtype: str = "float32"  # float32 | float16 (half the file; targets rounded to fp16)
+    cache_workers: int = 1  # processes that build the cache's shards (each with threads / workers)
 
 
 @dataclass
@@ -156,6 +158,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "data.augment": to_dict(AugmentConfig()),  # off (and untouched): no augmentation beyond data.flip
     "teacher.views": 1,
     "teacher.online": False,
+    "teacher.cache_dtype": "float32",
     "student.mean": None,  # unset: the checkpoint's or arcface_torch's preprocessing, as before
     "student.std": None,
     "student.channel_order": None,
@@ -197,6 +200,7 @@ class Recipe:
         data = self.to_dict()
         data.pop("name", None)
         data.pop("output_dir", None)
+        data.get("teacher", {}).pop("cache_workers", None)  # how the cache is built, not what
         train = data.get("train", {})
         if train.get("precision") == "auto":
             # hash what trains: auto is fp32 on most CPUs (the old runs' hash) and bf16 where the CPU has
@@ -254,6 +258,9 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `teacher.views` must be >= 1, got {t.views}")
     if t.batch_size < 1:
         raise RecipeError(f"{where}: `teacher.batch_size` must be >= 1, got {t.batch_size}")
+    _choice(t.cache_dtype, ("float32", "float16"), "teacher.cache_dtype", where)
+    if not isinstance(t.cache_workers, int) or t.cache_workers < 1:
+        raise RecipeError(f"{where}: `teacher.cache_workers` must be an integer >= 1, got {t.cache_workers!r}")
     aug = recipe.data.augment
     try:
         aug.validate("data.augment")

@@ -213,19 +213,60 @@ class MultiSourceDataset:
                         "unlabeled": int((lab < 0).sum()), "label_offset": int(off), "weight": round(float(w), 6)})
         return out
 
-    def combine_per_source(self, build: Callable[[PackedDataset], np.ndarray]) -> np.ndarray:
+    def combine_per_source(self, build: Callable[[PackedDataset], np.ndarray]) -> "CombinedRows":
         """Per-image arrays built per source (``build(source) -> (len(source), ...)``), in combined order.
 
         For the teacher-embedding cache: each source keeps its own cache beside its data, and a
         mix reads the kept rows of each: ``ds.combine_per_source(lambda s: load_or_build(s, t)[0])``.
+        The result reads rows from the per-source arrays on demand (memory-mapped caches stay on disk).
         """
-        parts = []
-        for ds, kept in zip(self.sources, self.kept):
+        arrays = []
+        for ds in self.sources:
             arr = build(ds)
             if len(arr) != len(ds):
                 raise DataError(f"{ds.root}: per-source array has {len(arr)} rows for {len(ds)} images")
-            parts.append(np.asarray(arr[kept]))
-        return np.concatenate(parts)
+            arrays.append(arr)
+        return CombinedRows(arrays, self.kept)
+
+
+class CombinedRows:
+    """Rows ``kept[s]`` of ``arrays[s]``, one source after another, read lazily: ``rows[index, views]``
+    gathers from each source's array (a memmap stays a memmap) instead of one concatenated copy."""
+
+    def __init__(self, arrays: list[np.ndarray], kept: list[np.ndarray]) -> None:
+        self.arrays = arrays
+        self.source = np.repeat(np.arange(len(arrays), dtype=np.int32), [len(k) for k in kept])
+        self.row = np.concatenate([np.asarray(k, dtype=np.int64) for k in kept])
+        self.shape = (len(self.row), *arrays[0].shape[1:])
+        self.dtype = arrays[0].dtype
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        index, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        scalar = index.ndim == 0
+        index = np.atleast_1d(index)
+        src, row = self.source[index], self.row[index]
+        out: np.ndarray | None = None
+        for s in np.unique(src):
+            mask = src == s
+            part_rest = tuple(np.atleast_1d(np.asarray(r))[mask] if np.ndim(r) else r for r in rest)
+            part = np.asarray(self.arrays[s][(row[mask], *part_rest)])
+            if out is None:
+                out = np.empty((len(index), *part.shape[1:]), dtype=part.dtype)
+            out[mask] = part
+        if out is None:
+            out = np.empty((0, *self.shape[1 + len(rest):]), dtype=self.dtype)
+        return out[0] if scalar else out
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[np.arange(len(self))]
+        return out if dtype is None else out.astype(dtype)
+
+    def tolist(self) -> list:
+        return np.asarray(self).tolist()
 
 
 def open_train_set(spec: Any, verify: bool = False) -> PackedDataset | MultiSourceDataset:

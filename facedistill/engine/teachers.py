@@ -64,10 +64,13 @@ class OnnxTeacher:
 
     Real files are messy: models whose graph still lists stale weight names as inputs, or whose
     weights are block-quantized ``DequantizeLinear`` constants (OpenCV Zoo's SFace), are repaired in
-    memory (constants folded to fp32, stale inputs removed) before the session is created.
+    memory (constants folded to fp32, stale inputs removed) before the session is created. A batch
+    axis fixed at 1 (SFace) is made dynamic when each image keeps its embedding that way
+    (``dynamic_batch=False`` keeps it: one call per image, as ``benchmarks/teacher_pass.py`` compares).
     """
 
-    def __init__(self, path: str | Path, preprocessing: Preprocessing, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, preprocessing: Preprocessing, threads: int | None = None,
+                 dynamic_batch: bool = True) -> None:
         import onnx
         import onnxruntime as ort
 
@@ -92,6 +95,15 @@ class OnnxTeacher:
         if len(model.graph.input) != 1:
             names = [i.name for i in model.graph.input]
             raise FaceDistillError(f"{self.path}: a face teacher must have one image input, this one has {names}")
+        self.batched = False
+        dim0 = next(i for i in model.graph.input).type.tensor_type.shape.dim
+        if dynamic_batch and dim0 and dim0[0].HasField("dim_value") and dim0[0].dim_value == 1:
+            from facedistill.utils.onnx_repair import with_dynamic_batch
+
+            size = dim0[2].dim_value if len(dim0) > 2 and dim0[2].HasField("dim_value") else preprocessing.input_size
+            dynamic = with_dynamic_batch(model, int(size), threads)
+            if dynamic is not None:  # same embedding per image, one call per batch
+                model, self.batched = dynamic, True
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads

@@ -27,8 +27,10 @@ What it guarantees:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,13 +195,19 @@ class Trainer:
             return
         from facedistill.engine.teacher_cache import load_or_build, load_or_build_views
 
+        workers = cfg.teacher.cache_workers
+        how = dict(dtype=cfg.teacher.cache_dtype, workers=workers,
+                   teacher_factory=functools.partial(build_teacher, cfg.teacher, "cpu",
+                                                     max(1, (cfg.train.threads or os.cpu_count() or 1) // workers)))
+
         def cache_of(source: PackedDataset, advance=None) -> np.ndarray:
             if cfg.data.augment.enabled:
                 cache, cache_file, built = load_or_build_views(source, self.teacher, cfg.data.augment,
                                                                cfg.teacher.views, cfg.data.flip,
-                                                               cfg.teacher.batch_size, advance)
+                                                               cfg.teacher.batch_size, advance, **how)
             else:
-                cache, cache_file, built = load_or_build(source, self.teacher, cfg.teacher.batch_size, advance)
+                cache, cache_file, built = load_or_build(source, self.teacher, cfg.teacher.batch_size, advance,
+                                                         **how)
             if advance is not None:
                 self.monitor.message(f"teacher cache {'built' if built else 'reused'}: {cache_file}")
             return cache
@@ -423,7 +431,7 @@ class Trainer:
             return None
         if self.teacher_cache is not None:
             assert views is not None
-            emb = torch.from_numpy(np.asarray(self.teacher_cache[index.numpy(), views]))
+            emb = torch.from_numpy(np.asarray(self.teacher_cache[index.numpy(), views], dtype=np.float32))
         else:
             emb = self.teacher(images)
         return emb.to(self.device, non_blocking=True)
@@ -575,6 +583,8 @@ class Trainer:
             "resumed_from_step": self.start_step if self.resumed else None,
             "images_per_s": round(self.images_seen / wall, 2) if wall > 0 else None,
             "device": str(self.device),
+            "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+                                   if self.device.type == "cuda" else None),
             "world_size": self.dist.world_size,
             "facedistill_version": __version__,
         }

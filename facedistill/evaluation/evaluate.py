@@ -8,6 +8,12 @@ insightface's 10-fold protocol (thresholds 0..3.99 step 0.01, contiguous folds),
 pairs. When the same model is given as a torch checkpoint and as ONNX, the worst (and mean)
 cosine between their embeddings of the set's images is reported.
 
+With two rows or more, every row is compared with a reference row on the same pairs (the first
+model unless told otherwise): pairs it wins and loses (judged right where the reference is wrong,
+and the reverse, each at its own fold thresholds) and a two-sided exact McNemar p; "a tie" where
+p > 0.05. Two accuracies on the same pairs are not independent samples: the paired test is the
+fair way to say whether a point is real.
+
 The ONNX path needs neither torch nor (unless a model must be repaired) the ``onnx`` package.
 """
 
@@ -34,12 +40,14 @@ from facedistill.evaluation.protocol import (
     VerificationResult,
     far_key,
     pair_scores,
+    paired_comparison,
     verification_metrics,
 )
 from facedistill.evaluation.model_sources import ModelInfo, OpenedModel, match_parity, model_display_names, open_model
 from facedistill.evaluation.pair_sets import PairSet, open_pair_set
 
-__all__ = ["EvaluationReport", "ModelSetResult", "ParityResult", "evaluate", "TABLE_FARS"]
+__all__ = ["EvaluationReport", "ModelSetResult", "ParityResult", "evaluate", "compare_to_reference",
+           "resolve_reference", "TABLE_FARS"]
 
 # FARs shown in the terminal table (the JSON has every target).
 TABLE_FARS: tuple[float, ...] = (1e-3, 1e-4)
@@ -59,6 +67,10 @@ class ModelSetResult:
     images: int
     seconds: float
     data_spec: str = ""
+    # against the reference row on the same pairs (paired_comparison + "reference"); None for the
+    # reference itself, and when the set has a single row
+    vs_reference: dict[str, Any] | None = None
+    is_reference: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metrics
@@ -92,6 +104,8 @@ class ModelSetResult:
             "size_mb": None if self.info.size_mb is None else round(float(self.info.size_mb), 3),
             "precision": self.info.precision,
             "model_path": self.info.path,
+            "is_reference": bool(self.is_reference),
+            "vs_reference": None if self.vs_reference is None else dict(self.vs_reference),
         }
 
 
@@ -214,6 +228,7 @@ def evaluate(
     log: Callable[[str], None] | None = None,
     ensemble: bool = False,
     weights: Sequence[float] | None = None,
+    reference: str | int | None = None,
 ) -> EvaluationReport:
     """Evaluate every model on every pair set with insightface's verification protocol.
 
@@ -230,6 +245,10 @@ def evaluate(
     ``ensemble``: also score the models together: one more row whose embedding is the concatenation
     of each model's L2-normalised embedding times its weight (``weights``, default all 1), then
     L2-normalised, i.e. what several teachers are worth as one joint teacher.
+    ``reference``: the row every other row is compared with on each set, pair by pair
+    (:func:`facedistill.evaluation.protocol.paired_comparison`: won / lost, two-sided p, "a tie"
+    where p > 0.05): a model as given or as named in the table, its position counting from 1,
+    ``"ensemble"``, or ``"best"`` (the most accurate row of each set). Default: the first model.
     """
     start = time.perf_counter()
     models = [os.fspath(m) for m in models]
@@ -255,13 +274,63 @@ def evaluate(
                                    f"got {list(weights)}")
     if ensemble and len(models) < 2:
         raise FaceDistillError("--ensemble needs at least two models")
+    reference_row = resolve_reference(reference, models, ensemble)
     progress = progress or _no_progress
     ens_weights = [float(w) for w in (weights or [1.0] * len(models))] if ensemble else None
     with _torch_threads(threads, models):
         return _evaluate(models, sets, arch=arch, mean=mean, std=std, bgr=bgr, images_dir=images_dir, flip=flip,
                          batch_size=batch_size, nfolds=nfolds, far_targets=far_targets, plot_dir=plot_dir,
                          fold_scheme=fold_scheme, compare=compare, allow_missing=allow_missing, device=device, threads=threads,
-                         progress=progress, log=log, start=start, ens_weights=ens_weights)
+                         progress=progress, log=log, start=start, ens_weights=ens_weights,
+                         reference_row=reference_row)
+
+
+def resolve_reference(reference: str | int | None, models: Sequence[str], ensemble: bool) -> int | str:
+    """``reference`` as a row index (0-based: the models in order, then the ensemble) or ``"best"``."""
+    rows = len(models) + (1 if ensemble else 0)
+    if reference is None:
+        return 0
+    text = str(reference).strip()
+    if text == "best":
+        return "best"
+    if text == "ensemble":
+        if not ensemble:
+            raise FaceDistillError("--reference ensemble: there is no ensemble row; add --ensemble or name a model")
+        return rows - 1
+    if isinstance(reference, int) or text.isdigit():
+        k = int(text)
+        if not 1 <= k <= rows:
+            raise FaceDistillError(f"--reference {text}: there are {rows} row(s); give a position 1..{rows} (1 = the "
+                                   "first model), a model as given or as named in the table, 'ensemble' or 'best'")
+        return k - 1
+    names = model_display_names(list(models))
+    for i, (spec, name) in enumerate(zip(models, names)):
+        if text in (spec, name):
+            return i
+    target = Path(text).resolve()
+    for i, spec in enumerate(models):
+        if Path(spec).resolve() == target:
+            return i
+    raise FaceDistillError(f"--reference {text}: not one of the models ({', '.join(names)}); give a model as given "
+                           f"or as named in the table, a position 1..{rows}, 'ensemble' or 'best'")
+
+
+def compare_to_reference(results: Sequence[ModelSetResult], reference_row: int | str) -> None:
+    """Fill ``vs_reference`` / ``is_reference`` of one set's rows (in row order)."""
+    if len(results) < 2:
+        return
+    if reference_row == "best":
+        ref = max(range(len(results)), key=lambda i: (results[i].metrics.accuracy, -i))
+        how = "best"
+    else:
+        ref = int(reference_row)
+        how = "given"
+    base = results[ref]
+    base.is_reference = True
+    for i, r in enumerate(results):
+        if i != ref:
+            r.vs_reference = {"reference": base.model, "chosen": how,
+                              **paired_comparison(base.metrics.pair_correct, r.metrics.pair_correct)}
 
 
 @contextlib.contextmanager
@@ -289,7 +358,8 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
               images_dir: Any, flip: bool, batch_size: int, nfolds: int, far_targets: Sequence[float],
               plot_dir: Any, fold_scheme: str, compare: Sequence[tuple[str, str]], allow_missing: bool, device: str,
               threads: int | None, progress: ProgressFactory, log: Callable[[str], None] | None,
-              start: float, ens_weights: list[float] | None = None) -> EvaluationReport:
+              start: float, ens_weights: list[float] | None = None,
+              reference_row: int | str = 0) -> EvaluationReport:
     notes: list[str] = []
 
     def note(msg: str) -> None:
@@ -350,6 +420,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
         set_results, set_parity, set_plots = _evaluate_set(
             ps, opened, matches, flip=flip, batch_size=batch_size, nfolds=nfolds, far_targets=far_targets,
             plot_dir=plot_path, progress=progress, folds=_fold_spec(ps, fold_scheme), ens_weights=ens_weights)
+        compare_to_reference(set_results, reference_row)
         results.extend(set_results)
         parity.extend(set_parity)
         plots.extend(set_plots)
@@ -364,6 +435,7 @@ def _evaluate(models: list[str], sets: list[str], *, arch: str | None, mean: Any
     infos = [om.info for om in opened]
     if ens_weights is not None:
         infos.append(_ensemble_info(opened, ens_weights))
+    settings["reference"] = "best" if reference_row == "best" else infos[int(reference_row)].name
     return EvaluationReport(results=results, models=infos,
                             sets=[ps.to_dict() for ps in opened_sets], parity=parity, plots=plots, notes=notes,
                             settings=settings, seconds=time.perf_counter() - start)

@@ -64,6 +64,7 @@ __all__ = [
     "kfold_slices",
     "pair_scores",
     "paired_accuracy_test",
+    "paired_comparison",
     "roc_curve",
     "verification_metrics",
 ]
@@ -485,3 +486,24 @@ def paired_accuracy_test(first_correct: np.ndarray, second_correct: np.ndarray) 
     p = sum(math.comb(n, k) for k in range(lost, n + 1)) / 2 ** n if n else 1.0
     return {"pairs": int(a.size), "lost": lost, "gained": gained, "p_value": float(p),
             "drop_points": 100.0 * (lost - gained) / a.size if a.size else 0.0}
+
+
+TIE_ALPHA = 0.05  # a comparison with p above this is reported as "a tie"
+
+
+def paired_comparison(reference_correct: np.ndarray, model_correct: np.ndarray,
+                      alpha: float = TIE_ALPHA) -> dict[str, Any]:
+    """A model against a reference on the same pairs: pairs won / lost and a two-sided exact McNemar p.
+
+    ``won``: pairs the model judges right and the reference wrong; ``lost``: the reverse. The
+    two-sided p is twice the smaller one-sided p of :func:`paired_accuracy_test` (capped at 1).
+    ``verdict`` is "better" / "worse" when ``p <= alpha``, else "a tie": two accuracies a point apart
+    on a few hundred discordant pairs can be a coin's doing.
+    """
+    worse = paired_accuracy_test(reference_correct, model_correct)   # its "lost": reference right, model wrong
+    better = paired_accuracy_test(model_correct, reference_correct)
+    p = min(1.0, 2.0 * min(worse["p_value"], better["p_value"]))
+    won, lost = worse["gained"], worse["lost"]
+    verdict = "a tie" if p > alpha or won == lost else ("better" if won > lost else "worse")
+    return {"pairs": worse["pairs"], "won": int(won), "lost": int(lost), "p_value": float(p), "verdict": verdict,
+            "diff_points": 100.0 * (won - lost) / worse["pairs"] if worse["pairs"] else 0.0, "alpha": float(alpha)}

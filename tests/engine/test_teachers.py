@@ -56,3 +56,27 @@ def test_onnx_teacher_errors(tmp_path):
     bad.write_bytes(b"not an onnx model")
     with pytest.raises(FaceDistillError, match="not a readable ONNX model"):
         OnnxTeacher(bad, Preprocessing())
+
+
+class BakedBatch(Tiny):
+    """A graph whose Reshape names batch 1: it cannot run batched."""
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.conv(x)).reshape(1, -1))
+
+
+@pytest.mark.parametrize("model_cls, batched", [(Tiny, True), (BakedBatch, False)])
+def test_fixed_batch_1_teacher_runs_batched_when_the_graph_allows(tmp_path, model_cls, batched):
+    """SFace ships batch 1: the teacher makes the axis dynamic (one call per batch) when every image
+    keeps its embedding that way, and runs image by image otherwise."""
+    torch.manual_seed(0)
+    model = model_cls().eval()
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 112, 112), str(path), input_names=["data"], output_names=["emb"],
+                      opset_version=17, dynamo=False)  # no dynamic axes: batch fixed at 1
+    teacher = OnnxTeacher(path, Preprocessing(mean=0.0, std=1.0))
+    assert teacher.batched == batched and (teacher.fixed_batch is None) == batched
+    images = torch.randint(0, 256, (4, 3, 112, 112), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = torch.cat([model(images[i:i + 1].float()) for i in range(4)])
+    np.testing.assert_allclose(teacher(images).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)

@@ -172,3 +172,78 @@ def test_cli_ensemble_row(files):
     assert len(d2["results"]) == 3 and d2["models"][-1]["kind"] == "ensemble"
     bad = run(str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--ensemble", "--weights", "1")
     assert bad.exit_code == 2 and "one non-negative weight per model" in bad.output
+
+
+def _json(res) -> dict:
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout[res.stdout.index("{"):])
+
+
+def test_cli_reference_row_paired_test_in_table_and_json(files):
+    """Every row is compared with the first model on the same pairs: won / lost, p, a verdict."""
+    args = [str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--data", str(files["set2"]),
+            "--mean", "0", "--std", "1", "--threads", "1", "--ensemble"]
+    res = run(*args)
+    assert res.exit_code == 0, res.output
+    cells = " ".join(res.output.replace("│", " ").replace("┃", " ").split())
+    assert "vs model_a.onnx" in cells and "won/lost, p" in cells and "reference" in cells
+    d = _json(run(*args, "--json", "-"))
+    assert d["settings"]["reference"] == "model_a.onnx"
+    for data in ("set_one", "set_two"):
+        rows = {r["model"]: r for r in d["results"] if r["data"] == data}
+        ref = rows.pop("model_a.onnx")
+        assert ref["is_reference"] and ref["vs_reference"] is None
+        for r in rows.values():
+            v = r["vs_reference"]
+            assert not r["is_reference"] and v["reference"] == "model_a.onnx" and v["pairs"] == r["pairs"]
+            # equal folds: the accuracy difference is exactly (won - lost) / pairs
+            assert v["won"] - v["lost"] == round((r["accuracy"] - ref["accuracy"]) * r["pairs"])
+            assert v["verdict"] == ("a tie" if v["p_value"] > 0.05 else "worse" if v["lost"] > v["won"] else "better")
+            cell = f"+{v['won']}/-{v['lost']}, p {v['p_value']:.2g}, {v['verdict']}"
+            assert cell in cells
+    # model_b's saturated embeddings (mean 0, std 1) guess: clearly worse than model_a
+    b = next(r for r in d["results"] if r["model"] == "model_b.onnx" and r["data"] == "set_one")
+    assert b["accuracy"] < 0.6 and b["vs_reference"]["verdict"] == "worse" and b["vs_reference"]["p_value"] < 1e-6
+
+
+def test_cli_reference_choices(files):
+    base = [str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--mean", "0", "--std", "1",
+            "--threads", "1", "--ensemble", "--json", "-"]
+
+    def reference_of(*extra):
+        d = _json(run(*base, *extra))
+        return [r["model"] for r in d["results"] if r["is_reference"]], d
+
+    assert reference_of("--reference", "2")[0] == ["model_b.onnx"]
+    assert reference_of("--reference", str(files["b"]))[0] == ["model_b.onnx"]
+    assert reference_of("--reference", "model_b.onnx")[0] == ["model_b.onnx"]
+    ens, _ = reference_of("--reference", "ensemble")
+    assert len(ens) == 1 and ens[0].startswith("ensemble(")
+    best, d = reference_of("--reference", "best")
+    acc = {r["model"]: r["accuracy"] for r in d["results"]}
+    assert acc[best[0]] == max(acc.values()) and d["settings"]["reference"] == "best"
+    # the ensemble weighted 1,0 is model_a: the paired test sees no pair judged differently, a tie
+    d = _json(run(*base, "--weights", "1,0"))
+    ens_row = next(r for r in d["results"] if r["model"].startswith("ensemble("))
+    v = ens_row["vs_reference"]
+    assert (v["won"], v["lost"], v["p_value"], v["verdict"]) == (0, 0, 1.0, "a tie")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("9", "--reference 9: there are 3 row(s); give a position 1..3"),
+    ("0", "--reference 0: there are 3 row(s)"),
+    ("nope.onnx", "--reference nope.onnx: not one of the models (model_a.onnx, model_b.onnx)"),
+])
+def test_cli_reference_errors(files, value, message):
+    res = run(str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--ensemble", "--reference", value)
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split()) and "Traceback" not in res.output
+    res = run(str(files["a"]), str(files["b"]), "--data", str(files["set1"]), "--reference", "ensemble")
+    assert res.exit_code == 2 and "no ensemble row; add --ensemble" in " ".join(res.output.split())
+
+
+def test_cli_single_model_has_no_comparison_column(files):
+    res = run(str(files["a"]), "--data", str(files["set2"]), "--threads", "1")
+    assert res.exit_code == 0 and "won/lost" not in res.output
+    d = _json(run(str(files["a"]), "--data", str(files["set2"]), "--threads", "1", "--json", "-"))
+    assert d["results"][0]["vs_reference"] is None and not d["results"][0]["is_reference"]

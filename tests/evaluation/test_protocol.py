@@ -342,3 +342,25 @@ def test_paired_accuracy_test_is_an_exact_one_sided_mcnemar():
     assert paired_accuracy_test(np.ones(4, bool), np.ones(4, bool))["p_value"] == 1.0
     with pytest.raises(DataError, match="same pairs"):
         paired_accuracy_test(np.ones(4, bool), np.ones(5, bool))
+
+
+def test_paired_comparison_is_two_sided_and_says_a_tie_when_p_is_above_0_05():
+    from facedistill.evaluation.protocol import paired_comparison
+
+    ref = np.ones(600, bool)
+    model = ref.copy()
+    model[:2] = False        # 2 lost
+    ref[590:] = False        # 10 won
+    r = paired_comparison(ref, model)
+    p = 2 * sum(math.comb(12, k) for k in range(10, 13)) / 2 ** 12     # 2 x P(Bin(12, 1/2) >= 10) = 0.039
+    assert (r["won"], r["lost"], r["pairs"]) == (10, 2, 600) and r["p_value"] == pytest.approx(p)
+    assert r["verdict"] == "better" and r["diff_points"] == pytest.approx(100 * 8 / 600)
+    swapped = paired_comparison(model, ref)       # symmetric: the same p, the other way round
+    assert (swapped["won"], swapped["lost"], swapped["verdict"]) == (2, 10, "worse")
+    assert swapped["p_value"] == pytest.approx(p)
+    model[2:4] = False       # 4 lost, 10 won: p = 0.18, not evidence
+    r = paired_comparison(ref, model)
+    assert r["verdict"] == "a tie" and r["p_value"] == pytest.approx(
+        2 * sum(math.comb(14, k) for k in range(10, 15)) / 2 ** 14)
+    assert paired_comparison(ref, ref) == {**paired_comparison(ref, ref), "won": 0, "lost": 0, "p_value": 1.0,
+                                           "verdict": "a tie"}
