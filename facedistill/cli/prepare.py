@@ -396,3 +396,49 @@ def teacher(
     with err_console.status("folding the teacher"):
         summary = prepare_teacher(from_wheel, out)
     _show_model("prepare teacher", summary, json_out)
+
+
+@prepare_app.command("student")
+@user_errors
+def student(
+    onnx_model: Path = typer.Argument(..., metavar="MODEL.onnx", help="An ONNX face model (fp32)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: student.pt and summary.json."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Backbone to import into (default: the first "
+                                       "registered one whose layers match)."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="The model's mean, one value or three in its channel "
+                                       "order, pixel scale 0..255 (needed when its metadata records none)."),
+    std: Optional[str] = typer.Option(None, "--std", help="The model's std, one value or three."),
+    bgr: Optional[bool] = typer.Option(None, "--bgr/--rgb", help="The model's channel order."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help=JSON_HELP),
+) -> None:
+    """Import an ONNX face model's weights into a registered backbone: a pretrained student start.
+
+    Layers are matched by graph order; folded BatchNorms come back with unit statistics, so the
+    start fine-tunes like a trained student. The import is checked against onnxruntime on probe
+    inputs. The folder works as `student.checkpoint` in a recipe, and with evaluate and export.
+    Check it on real faces with evaluate's torch-vs-ONNX comparison.
+
+    Example: facedistill prepare student paddlex_mobilefacenet_prelu_128d.onnx --mean 127.5 --std 127.5
+    --bgr --out starts/paddlex, then: facedistill evaluate starts/paddlex paddlex_mobilefacenet_prelu_128d.onnx
+    --mean 127.5 --std 127.5 --bgr --compare starts/paddlex=paddlex_mobilefacenet_prelu_128d.onnx --data lfw.bin
+    """
+    from facedistill.cli.evaluate import _channels
+    from facedistill.data.preprocessing import Preprocessing
+    from facedistill.models.onnx_import import save_imported_start
+
+    given = None
+    if mean is not None or std is not None or bgr is not None:
+        if mean is None or std is None or bgr is None:
+            raise typer.BadParameter("give all of --mean, --std and --bgr/--rgb (or none: the model's metadata)")
+        given = Preprocessing(_channels(mean, "--mean"), _channels(std, "--std"), "BGR" if bgr else "RGB")
+    with err_console.status("importing the ONNX model"):
+        summary = save_imported_start(onnx_model, out, arch=arch, preprocessing=given)
+    out_console = err_console if json_out is not None and str(json_out) == "-" else console
+    s, src, pre = summary["student"], summary["imported_from"], summary["preprocessing"]
+    print_summary("prepare student", {
+        "source": src["onnx"], "backbone": f"{s['arch']} ({s['embedding_size']}-d, {s['parameters'] / 1e6:.2f} M params)",
+        "layers matched": f"{src['layers_matched']} (+{src['residual_adds']} residual adds)",
+        "worst cosine vs onnxruntime": f"{src['probe_min_cosine']:.6f} (probe inputs)",
+        "preprocessing": f"{pre['channel_order']}, mean {pre['mean']}, std {pre['std']} ({src['preprocessing_source']})",
+        "out": summary["run_dir"]}) if out_console is console else None
+    write_json_output(json_out, summary)

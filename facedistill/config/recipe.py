@@ -57,9 +57,23 @@ class DataConfig:
 
 @dataclass
 class StudentConfig:
+    """The student backbone, an optional start and the input it expects.
+
+    ``checkpoint``: initial weights: a state dict, a run folder, or an ONNX face model whose weights
+    are imported into ``arch`` (models/onnx_import.py; a mismatch names the first layer that differs
+    and the registered backbone that fits). ``mean``/``std``/``channel_order``: the student's input
+    normalisation, like the teacher's keys; unset means arcface_torch's RGB (x - 127.5) / 127.5, or
+    what the checkpoint records (run summary, facedistill ONNX metadata). An ONNX start that records
+    nothing (most public files) must state all three: training with another normalisation than the
+    model learned silently throws away what it knows.
+    """
+
     arch: str = "mobilefacenet"
     embedding_size: int = 512
-    checkpoint: Optional[str] = None  # optional initial weights (state dict or run folder)
+    checkpoint: Optional[str] = None  # optional initial weights (state dict, run folder or ONNX face model)
+    mean: Union[float, List[float], None] = None  # pixel scale 0..255, one value or three (model's order)
+    std: Union[float, List[float], None] = None
+    channel_order: Optional[str] = None  # RGB | BGR
 
 
 @dataclass
@@ -145,6 +159,9 @@ HASH_NEUTRAL: dict[str, Any] = {
     "teacher.views": 1,
     "teacher.online": False,
     "teacher.cache_dtype": "float32",
+    "student.mean": None,  # unset: the checkpoint's or arcface_torch's preprocessing, as before
+    "student.std": None,
+    "student.channel_order": None,
 }
 
 
@@ -217,6 +234,7 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
     _choice(recipe.student.arch, aliases, "student.arch", where)
     if recipe.student.embedding_size < 1:
         raise RecipeError(f"{where}: `student.embedding_size` must be positive")
+    _validate_student_input(recipe.student, where, check_files)
     if recipe.data.batch_size < 2:
         raise RecipeError(f"{where}: `data.batch_size` must be at least 2 (relations need pairs)")
     if recipe.data.workers < 0:
@@ -309,6 +327,78 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `train.epochs` must be positive")
     if tr.checkpoint_every < 1 or tr.log_every < 1 or tr.eval_every < -1:
         raise RecipeError(f"{where}: `train.checkpoint_every`/`log_every` must be >= 1, `eval_every` >= -1")
+
+
+def student_preprocessing_given(s: StudentConfig) -> Any:
+    """The :class:`Preprocessing` the recipe states for the student, or None when it states none."""
+    from facedistill.data.preprocessing import Preprocessing
+
+    if s.mean is None and s.std is None and s.channel_order is None:
+        return None
+    default = Preprocessing()
+    return Preprocessing(mean=default.mean if s.mean is None else s.mean,
+                         std=default.std if s.std is None else s.std,
+                         channel_order=s.channel_order or default.channel_order)
+
+
+def student_preprocessing(s: StudentConfig) -> Any:
+    """What the student trains on: the recipe's keys, else what its checkpoint records, else
+    arcface_torch's RGB (x - 127.5) / 127.5. :func:`validate` has checked the two agree."""
+    from facedistill.data.preprocessing import Preprocessing
+
+    given = student_preprocessing_given(s)
+    if given is not None:
+        return given
+    if s.checkpoint:
+        from facedistill.models.checkpoints import recorded_preprocessing
+
+        recorded, _ = recorded_preprocessing(s.checkpoint)
+        if recorded is not None:
+            return recorded
+    return Preprocessing()
+
+
+def _describe_pre(p: Any) -> str:
+    return f"{p.channel_order}, mean {p.mean}, std {p.std}, input {p.input_size}"
+
+
+def _validate_student_input(s: StudentConfig, where: str, check_files: bool) -> None:
+    """The student's preprocessing keys, and (with ``check_files``) its start: the checkpoint exists,
+    imports into ``arch``, and records no other preprocessing than the recipe says."""
+    if s.channel_order is not None:
+        _choice(s.channel_order, ("RGB", "BGR"), "student.channel_order", where)
+    for key in ("mean", "std"):
+        value = getattr(s, key)
+        if isinstance(value, list) and len(value) != 3:
+            raise RecipeError(f"{where}: `student.{key}` must be one number or three (per channel, in the "
+                              f"model's channel order), got {len(value)}: {value!r}")
+    if s.std is not None and any(v == 0 for v in (s.std if isinstance(s.std, list) else [s.std])):
+        raise RecipeError(f"{where}: `student.std` must not be 0")
+    if not check_files or not s.checkpoint:
+        return
+    from facedistill.errors import FaceDistillError
+    from facedistill.models.checkpoints import recorded_preprocessing, same_preprocessing
+    from facedistill.models.onnx_import import import_onnx_backbone, is_onnx_file
+
+    if not Path(s.checkpoint).exists():
+        raise RecipeError(f"{where}: `student.checkpoint` {s.checkpoint} does not exist")
+    try:
+        recorded, recorded_by = recorded_preprocessing(s.checkpoint)
+        if is_onnx_file(s.checkpoint):
+            import_onnx_backbone(s.checkpoint, arch=s.arch, embedding_size=s.embedding_size)
+    except FaceDistillError as e:
+        raise RecipeError(f"{where}: `student.checkpoint`: {e}") from None
+    given = student_preprocessing_given(s)
+    if is_onnx_file(s.checkpoint) and recorded is None and (s.mean is None or s.std is None or s.channel_order is None):
+        raise RecipeError(
+            f"{where}: `student.checkpoint` {s.checkpoint} does not record the preprocessing it was trained with; "
+            "state it as `student.mean`, `student.std` and `student.channel_order` (pixel scale 0..255, in the "
+            "model's channel order), e.g. PaddleX/insightface: mean 127.5, std 127.5, BGR or RGB; ImageNet-"
+            "normalised RGB: mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375]")
+    if recorded is not None and given is not None and not same_preprocessing(recorded, given):
+        raise RecipeError(f"{where}: `student.mean/std/channel_order` say {_describe_pre(given)}, but "
+                          f"{recorded_by} records {_describe_pre(recorded)}; drop the student keys to use "
+                          "the checkpoint's, or correct them")
 
 
 def _read_yaml(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:

@@ -46,3 +46,24 @@ def recompute_bn_stats(model: nn.Module, dataset: PackedDataset, num_images: int
             m.momentum = momentum
         model.train(was_training)
     return n
+
+
+@torch.no_grad()
+def calibrate_imported_bn(model: nn.Module, dataset: PackedDataset, num_images: int, batch_size: int,
+                          normalise, device: torch.device, seed: int = 0,
+                          memory_format: torch.memory_format = torch.contiguous_format) -> int:
+    """Give an imported start's BatchNorms the statistics of the training images (same seeded sample
+    as :func:`recompute_bn_stats`) without changing its eval-mode function, so its first train-mode
+    steps compute what the pretrained model computes (:func:`facedistill.models.onnx_import.calibrate_batchnorm`).
+    Returns the number of BatchNorms calibrated."""
+    from facedistill.models.onnx_import import calibrate_batchnorm
+
+    n = min(max(num_images, batch_size), len(dataset))
+    idx = np.sort(np.random.default_rng(seed).permutation(len(dataset))[:n])
+
+    def batches():
+        for start in range(0, n, batch_size):
+            x = torch.from_numpy(dataset.images(idx[start:start + batch_size])).permute(0, 3, 1, 2)
+            yield normalise(x.to(device)).contiguous(memory_format=memory_format)
+
+    return calibrate_batchnorm(model, batches())

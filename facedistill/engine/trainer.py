@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from facedistill import __version__
-from facedistill.config.recipe import Recipe
+from facedistill.config.recipe import Recipe, student_preprocessing
 from facedistill.data.packed import PackedDataset
 from facedistill.engine import distributed as ddp
 from facedistill.engine.batches import EpochBatches, flip_mask, view_choice
@@ -73,7 +73,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 RGB -> the arcface_torch input range, (x - 127.5) / 127.5."""
+    """uint8 RGB -> the arcface_torch input range, (x - 127.5) / 127.5 (the student's default input;
+    ``Trainer.normalise`` applies ``student.mean/std/channel_order`` when a recipe sets them)."""
     return (x.float() - STUDENT_MEAN) / STUDENT_STD
 
 
@@ -239,12 +240,16 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         self.student = create_backbone(cfg.student.arch, embedding_size=cfg.student.embedding_size)
+        # the input normalisation the student (and its start) expects: recipe, else checkpoint, else arcface's
+        self.student_pre = student_preprocessing(cfg.student)
         if cfg.student.checkpoint:
             from facedistill.models.checkpoints import load_backbone
 
             init = load_backbone(cfg.student.checkpoint, arch=cfg.student.arch,
                                  embedding_size=cfg.student.embedding_size)
             self.student.load_state_dict(init.model.state_dict())
+            if init.info.get("imported_from_onnx") or init.info.get("imported_from"):  # ONNX, or `prepare student`
+                self.calibrate_start()
         head = None
         if cfg.loss.margin.type != "none":
             if not bool((self.train_set.labels >= 0).any()):
@@ -260,6 +265,22 @@ class Trainer:
         self.module = TrainModule(self.student, head, projector, objective, cfg.loss.margin.weight).to(self.device)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.student.to(memory_format=self.memory_format)
+
+    def calibrate_start(self) -> None:
+        """An ONNX start's BatchNorms carry unit statistics; give them the training images' (eval function
+        unchanged) so train-mode steps start from what the public model computes (precise_bn.py)."""
+        from facedistill.engine.precise_bn import calibrate_imported_bn
+
+        cfg = self.cfg
+        n = calibrate_imported_bn(self.student, self.train_set, cfg.train.precise_bn_images, cfg.data.batch_size,
+                                  self.normalise, torch.device("cpu"), seed=cfg.train.seed)
+        self.monitor.message(f"imported start: {n} BatchNorms calibrated on training images "
+                             f"(eval-mode output unchanged)")
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB (N, 3, H, W) -> the student's input: arcface_torch's (x - 127.5) / 127.5 unless the
+        recipe or an imported start says otherwise (``student.mean``/``std``/``channel_order``)."""
+        return self.student_pre.apply_torch(x)
 
     def _projector(self, teacher_dim: int) -> nn.Module | None:
         cfg = self.cfg
@@ -374,7 +395,7 @@ class Trainer:
         """What the student sees (``augment``), the teacher's embedding of exactly that, normalised, on the device."""
         images, views = self.augment(images, index)
         teacher_emb = self.teacher_targets(images, index, views)
-        x = normalise(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
+        x = self.normalise(images.to(self.device, non_blocking=True)).contiguous(memory_format=self.memory_format)
         return Batch(x=x, labels=labels.to(self.device), teacher_emb=teacher_emb, size=len(index))
 
     def augment(self, images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -476,7 +497,7 @@ class Trainer:
         from facedistill.engine.precise_bn import recompute_bn_stats
 
         recompute_bn_stats(model, self.train_set, self.cfg.train.precise_bn_images, self.cfg.data.batch_size,
-                           normalise, self.device, seed=self.cfg.train.seed, memory_format=self.memory_format)
+                           self.normalise, self.device, seed=self.cfg.train.seed, memory_format=self.memory_format)
 
     def evaluate(self) -> dict[str, float]:
         """Verification on the validation pairs, on a copy with precise BN (training keeps its statistics).
@@ -484,7 +505,6 @@ class Trainer:
         Besides accuracy it reports the mean cosine of impostor pairs (different people): a student
         collapsing towards one direction shows as this value climbing towards 1.
         """
-        from facedistill.data.preprocessing import Preprocessing
         from facedistill.evaluation.embedders import TorchEmbedder, embed_images
         from facedistill.evaluation.protocol import pair_scores, verification_metrics
 
@@ -495,7 +515,7 @@ class Trainer:
         model = copy.deepcopy(self.student)
         self.recalibrate(model)
         model.eval()
-        emb = embed_images(TorchEmbedder(model, Preprocessing(), device=str(self.device)), val_set.images(used))
+        emb = embed_images(TorchEmbedder(model, self.student_pre, device=str(self.device)), val_set.images(used))
         where = {int(i): k for k, i in enumerate(used)}
         a = emb[[where[int(i)] for i in pairs[:, 0]]]
         b = emb[[where[int(i)] for i in pairs[:, 1]]]
@@ -550,7 +570,7 @@ class Trainer:
                                                      "cached": self.teacher_cache is not None},
             "loss": {"margin": cfg.loss.margin.type, "distill": cfg.loss.distill.type},
             "augment": self._augment_summary(),
-            "preprocessing": {"mean": STUDENT_MEAN, "std": STUDENT_STD, "channel_order": "RGB", "input_size": 112},
+            "preprocessing": self.student_pre.to_dict(),
             "recipe_hash": cfg.hash(),
             "steps": self.step,
             "epochs": round(self.step / self.steps_per_epoch, 3),

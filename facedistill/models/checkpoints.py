@@ -2,7 +2,9 @@
 
 Accepted: a run folder (``runs/<name>/`` with ``student.pt`` and ``summary.json``), a backbone state
 dict (facedistill ``student.pt`` or an arcface_torch ``model.pt``; the architecture comes from
-``--arch`` or is inferred from the keys), always loaded with ``weights_only=True``.
+``--arch`` or is inferred from the keys), always loaded with ``weights_only=True``, or an ONNX face
+model, whose weights are imported into the registered backbone its layers match
+(:mod:`facedistill.models.onnx_import`).
 """
 
 from __future__ import annotations
@@ -50,10 +52,48 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return path, summary
 
 
-def load_backbone(path: str | Path, arch: str | None = None, embedding_size: int | None = None) -> LoadedBackbone:
-    """Load a backbone from a run folder or a state dict, in eval mode on the CPU."""
-    from facedistill.models import create_backbone, infer_arch, load_backbone_weights, load_state_dict_file
+def _per_channel(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
 
+
+def same_preprocessing(a: Preprocessing, b: Preprocessing) -> bool:
+    """Equal normalisation (127.5 and [127.5, 127.5, 127.5] are the same), channel order and size."""
+    close = all(abs(x - y) <= 1e-4 for x, y in zip(_per_channel(a.mean) + _per_channel(a.std),
+                                                   _per_channel(b.mean) + _per_channel(b.std)))
+    return close and a.channel_order == b.channel_order and a.input_size == b.input_size
+
+
+def recorded_preprocessing(path: str | Path) -> tuple[Preprocessing | None, str]:
+    """The preprocessing a checkpoint says its model wants, and where that was read; (None, "") when
+    it says nothing (a bare state dict, an ONNX file without facedistill metadata)."""
+    from facedistill.models.onnx_import import is_onnx_file
+    from facedistill.models.onnx_import import recorded_preprocessing as onnx_preprocessing
+
+    if is_onnx_file(path):
+        pre = onnx_preprocessing(path)
+        return pre, (f"{path} (ONNX metadata)" if pre is not None else "")
+    ckpt, summary = resolve_checkpoint(path)
+    if "preprocessing" not in summary:
+        return None, ""
+    return Preprocessing(**summary["preprocessing"]), f"{ckpt.parent / SUMMARY_FILE}"
+
+
+def load_backbone(path: str | Path, arch: str | None = None, embedding_size: int | None = None) -> LoadedBackbone:
+    """Load a backbone from a run folder, a state dict or an ONNX face model, in eval mode on the CPU.
+
+    An ONNX file's preprocessing comes from its metadata; without any, ``preprocessing`` is the
+    default and ``info["preprocessing_recorded"]`` is False: the caller must know it (a recipe's
+    ``student.mean``/``std``/``channel_order``)."""
+    from facedistill.models import create_backbone, infer_arch, load_backbone_weights, load_state_dict_file
+    from facedistill.models.onnx_import import import_onnx_backbone, is_onnx_file
+
+    if is_onnx_file(path):
+        imported = import_onnx_backbone(path, arch=arch, embedding_size=embedding_size)
+        info = dict(imported.info, preprocessing_recorded=imported.preprocessing is not None,
+                    probe_min_cosine=imported.probe_min_cosine)
+        pre = imported.preprocessing or Preprocessing(input_size=imported.input_size)
+        return LoadedBackbone(model=imported.model, arch=imported.arch, embedding_size=imported.embedding_size,
+                              source=Path(path), preprocessing=pre, info=info)
     ckpt, summary = resolve_checkpoint(path)
     state = load_state_dict_file(ckpt)
     arch = arch or summary.get("student", {}).get("arch")

@@ -23,6 +23,13 @@ simply has no PReLU weights.
 near that value (LFW student: per-channel 5-95% range 0.23-0.27), so the function class is about the
 same, while onnxruntime runs LeakyReLU in int8 (QLinearLeakyRelu) and fuses it into fp32 convs: the
 whole graph quantizes back to back with no float islands (docs/deploy.md, int8).
+
+``stem="separable"``: the second stem block is a depthwise 3x3 conv *and* a pointwise 1x1 conv, each
+with BN and a plain ReLU (``layers.1.layers.0`` / ``layers.1.layers.1``), instead of one depthwise
+ConvBlock. That is foamliu/MobileFaceNet's layout (its ``dw_conv``, a DepthwiseSeparableConv); with
+``scale=1``, ReLU6 elsewhere and a 128-d head it is the public ReLU6 model's graph, so that model's
+weights import into it (:mod:`facedistill.models.onnx_import`). Everything after the stem keeps
+arcface_torch's names.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ _Pair = tuple[int, int]
 
 
 ACTIVATIONS = ("prelu", "leaky", "relu6", "relu")
+STEMS = ("depthwise", "separable")
 LEAKY_SLOPE = 0.25  # nn.PReLU's initial slope
 
 
@@ -127,6 +135,21 @@ class DepthWise(nn.Module):
         return x + out if self.residual else out
 
 
+class SeparableConv(nn.Module):
+    """Depthwise kxk ConvBlock then pointwise 1x1 ConvBlock, both with ``activation`` (foamliu's
+    ``DepthwiseSeparableConv``, ReLU in the public model)."""
+
+    def __init__(self, c: int, kernel: _Pair = (3, 3), padding: _Pair = (1, 1), activation: str = "relu") -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            ConvBlock(c, c, kernel=kernel, stride=(1, 1), padding=padding, groups=c, activation=activation),
+            ConvBlock(c, c, activation=activation),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
 class Residual(nn.Module):
     """``num_block`` stride-1 DepthWise blocks with identity shortcuts."""
 
@@ -176,8 +199,12 @@ class MobileFaceNet(nn.Module):
         blocks: Sequence[int] = (1, 4, 6, 2),
         scale: int = 2,
         activation: str = "prelu",
+        stem: str = "depthwise",
+        stem_activation: str | None = None,
     ) -> None:
         super().__init__()
+        if stem not in STEMS:
+            raise ValueError(f"MobileFaceNet stem must be one of {', '.join(STEMS)}, got {stem!r}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"MobileFaceNet activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if len(blocks) != 4:
@@ -189,7 +216,9 @@ class MobileFaceNet(nn.Module):
         c1, c2 = 64 * scale, 128 * scale
         self.layers = nn.ModuleList()
         self.layers.append(ConvBlock(3, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), activation=act))
-        if blocks[0] == 1:
+        if stem == "separable":
+            self.layers.append(SeparableConv(c1, activation=stem_activation or act))
+        elif blocks[0] == 1:
             self.layers.append(ConvBlock(c1, c1, kernel=(3, 3), stride=(1, 1), padding=(1, 1), groups=64,
                                          activation=act))
         else:
@@ -231,6 +260,11 @@ def get_mbf(
     blocks: Sequence[int] = (1, 4, 6, 2),
     scale: int = 2,
     activation: str = "prelu",
+    stem: str = "depthwise",
+    stem_activation: str | None = None,
 ) -> MobileFaceNet:
-    """arcface_torch's ``get_mbf`` (its ``mbf`` config); embedding size ``num_features``."""
-    return MobileFaceNet(fp16, num_features, blocks, scale=scale, activation=activation)
+    """arcface_torch's ``get_mbf`` (its ``mbf`` config); embedding size ``num_features``.
+
+    ``stem``/``stem_activation``: see the module docstring (``separable`` is foamliu's layout)."""
+    return MobileFaceNet(fp16, num_features, blocks, scale=scale, activation=activation, stem=stem,
+                         stem_activation=stem_activation)

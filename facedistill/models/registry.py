@@ -46,6 +46,11 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     # LeakyReLU(0.25) instead of PReLU: onnxruntime has an int8 LeakyReLU, so the int8 graph has no
     # float islands; the slopes trained PReLUs end with are close to 0.25 anyway (docs/results.md).
     # Its state dict looks like the ReLU6 variant's (no slopes): load raw weights with --arch.
+    # foamliu/MobileFaceNet's layout (the public ReLU6 model): scale 1, ReLU6, and a separable second
+    # stem block (depthwise + pointwise, plain ReLU). Its ONNX weights import into it (models/onnx_import.py).
+    "mobilefacenet_s_relu6_sepstem": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1,
+                                                         activation="relu6", stem="separable",
+                                                         stem_activation="relu"),
     "mobilefacenet_leaky": lambda emb: get_mbf(False, emb, activation="leaky"),
     "mobilefacenet_s_leaky": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1, activation="leaky"),
 }
@@ -178,8 +183,13 @@ def _mbf_config(state: Mapping[str, Any]) -> tuple[tuple[int, ...], int] | None:
         pat = re.compile(rf"^layers\.{stage}\.layers\.(\d+)\.layers\.0\.layers\.0\.weight$")
         return len({m.group(1) for k in state if (m := pat.match(k))})
 
-    first = 1 if "layers.1.layers.0.weight" in state else count(1)
+    first = 1 if "layers.1.layers.0.weight" in state or _separable_stem(state) else count(1)
     return (first, count(3), count(5), count(7)), scale
+
+
+def _separable_stem(state: Mapping[str, Any]) -> bool:
+    """True for the depthwise + pointwise second stem block (foamliu's layout)."""
+    return "layers.1.layers.1.layers.0.weight" in state and "layers.1.layers.0.layers.0.weight" in state
 
 
 def infer_arch(state_dict: Mapping[str, Any]) -> tuple[str, int] | None:
@@ -201,6 +211,8 @@ def infer_arch(state_dict: Mapping[str, Any]) -> tuple[str, int] | None:
     mbf = _mbf_config(state)
     # the ReLU6 variants have no PReLU slopes (the stem's would be layers.0.layers.2.weight)
     suffix = "" if "layers.0.layers.2.weight" in state else "_relu6"
+    if mbf is not None and _separable_stem(state):
+        return ("mobilefacenet_s_relu6_sepstem", emb) if mbf == (_MBF_BLOCKS, 1) and suffix else None
     if mbf is not None and mbf == (_MBF_BLOCKS, _MBF_SCALE):
         return "mobilefacenet" + suffix, emb
     if mbf is not None and mbf == (_MBF_BLOCKS, 1):

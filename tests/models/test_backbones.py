@@ -271,6 +271,21 @@ def test_mobilefacenet_relu6_variant() -> None:
         assert relu6(torch.randn(2, 3, 112, 112)).shape == (2, 8)
 
 
+def test_mobilefacenet_separable_stem_variant() -> None:
+    """foamliu's layout: the stem's second block is depthwise 3x3 + pointwise 1x1 with plain ReLU, ReLU6
+    elsewhere; every other key is the arcface_torch one, and a bare state dict is recognised."""
+    sep = create_backbone("mobilefacenet_s_relu6_sepstem", embedding_size=8)
+    plain = create_backbone("mobilefacenet_s_relu6", embedding_size=8)
+    extra = sorted(set(sep.state_dict()) - set(plain.state_dict()))
+    assert extra and all(k.startswith("layers.1.layers.") for k in extra)
+    assert {k for k in plain.state_dict() if not k.startswith("layers.1.")} <= set(sep.state_dict())
+    stem = sep.layers[1].layers
+    assert stem[0].layers[0].groups == 64 and stem[1].layers[0].kernel_size == (1, 1)
+    assert isinstance(stem[0].layers[2], torch.nn.ReLU) and isinstance(stem[1].layers[2], torch.nn.ReLU)
+    assert infer_arch(sep.state_dict()) == ("mobilefacenet_s_relu6_sepstem", 8)
+    assert infer_arch(plain.state_dict()) == ("mobilefacenet_s_relu6", 8)
+
+
 def test_mobilefacenet_leaky_variant() -> None:
     """LeakyReLU(0.25) where the original has PReLU: same parameter names minus the slopes, and the
     same function as a PReLU network whose slopes are all 0.25 (PReLU's initial value)."""
