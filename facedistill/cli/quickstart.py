@@ -26,6 +26,8 @@ def print_quickstart(summary: dict) -> None:
     for row in summary["exports"]:
         acc = f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "-"
         lat = f"{row['p50_ms']:.2f} ms" if row.get("p50_ms") is not None else "-"
+        if row.get("speedup_vs_fp32") and row["file"] != "student.onnx":
+            lat += f" ({row['speedup_vs_fp32']:.2f}x fp32)"
         size = f"{row['size_mb']:.2f} MB" if row.get("size_mb") is not None else "-"
         exports.add_row(row["file"], row["precision"], size, acc, lat)
     console.print(exports)

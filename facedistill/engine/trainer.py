@@ -237,6 +237,11 @@ class Trainer:
             init = load_backbone(cfg.student.checkpoint, arch=cfg.student.arch,
                                  embedding_size=cfg.student.embedding_size)
             self.student.load_state_dict(init.model.state_dict())
+        self.anneal = None
+        if cfg.student.leaky_anneal_from is not None:  # leaky first, plain ReLU/ReLU6 at the end
+            from facedistill.models.activations import LeakyAnneal
+
+            self.anneal = LeakyAnneal.install(self.student, cfg.student.leaky_anneal_from)
         head = None
         if cfg.loss.margin.type != "none":
             if not bool((self.train_set.labels >= 0).any()):
@@ -409,6 +414,7 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """Forward, check, backward, update; returns the step's metrics row."""
+        slope = self.anneal.set_step(self.step, self.total_steps) if self.anneal is not None else None
         out = self.forward(batch.x, batch.labels, batch.teacher_emb, self.step)  # autocast inside: TrainModule
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -431,6 +437,8 @@ class Trainer:
                 row[f"loss_{key}" if key in LOSS_TERMS else key] = float(value.detach())
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
+        if slope is not None:
+            row["leaky_slope"] = round(slope, 5)
         return row
 
     def _diverged(self, out: dict[str, torch.Tensor]) -> TrainingDiverged:
@@ -513,6 +521,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Precise BN on the final weights, the last checkpoint and student, the summary and its plot."""
+        if self.anneal is not None:  # slope 0: the ReLU/ReLU6 network the run was annealed into
+            self.anneal.set_step(self.total_steps, self.total_steps)
         self.recalibrate(self.student)  # the saved student carries BatchNorm stats of its final weights
         self.save_checkpoint()
         summary = self.summary()

@@ -166,6 +166,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
         old.pop(key)
     del old["train"]["precision"]
     del old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]  # added later still
+    del old["student"]["leaky_anneal_from"]
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     bf16 = load_recipe(write(tmp_path, "b.yaml", {"train": {"precision": "bf16"}, "loss": {"distill": {"type": "none"}}}))
@@ -198,6 +199,7 @@ def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
     for key in ("name", "output_dir"):
         old.pop(key)
     del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
+    del old["student"]["leaky_anneal_from"]  # added later still
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     on = load_recipe(write(tmp_path, "b.yaml", {"data": {"augment": {"enabled": True}},
@@ -268,3 +270,19 @@ def test_teacher_mean_std_errors(tmp_path, teacher, match):
     path = write(tmp_path, "r.yaml", {"name": "x", "loss": {"distill": {"type": "none"}}, "teacher": teacher})
     with pytest.raises(RecipeError, match=match):
         load_recipe(path, check_files=False)
+
+
+def test_leaky_anneal_key_checks_and_hash(tmp_path):
+    """`student.leaky_anneal_from` anneals ReLU/ReLU6 students only; unset it leaves the hash alone."""
+    base = {"loss": {"distill": {"type": "none"}}, "student": {"arch": "mobilefacenet_s_relu6"}}
+    plain = load_recipe(write(tmp_path, "a.yaml", base))
+    off = load_recipe(write(tmp_path, "b.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": None}}))
+    on = load_recipe(write(tmp_path, "c.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": 0.5}}))
+    assert plain.student.leaky_anneal_from is None and on.student.leaky_anneal_from == 0.5
+    assert plain.hash() == off.hash() != on.hash()
+    with pytest.raises(RecipeError, match=r"student\.leaky_anneal_from.*mobilefacenet_s_leaky.*relu6"):
+        load_recipe(write(tmp_path, "d.yaml", {**base, "student": {"arch": "mobilefacenet_s_leaky",
+                                                                   "leaky_anneal_from": 0.5}}))
+    for bad in (1.0, -0.1):
+        with pytest.raises(RecipeError, match=r"student\.leaky_anneal_from.*\[0, 1\)"):
+            load_recipe(write(tmp_path, "e.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": bad}}))
