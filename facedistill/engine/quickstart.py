@@ -246,14 +246,19 @@ def _benchmark(exports: dict[str, Any], export_dir: Path) -> Any:
                             min_time=2.0)
 
 
+SHOWN_FLOAT_LAYERS = 3  # in the table; --json lists them all (float_layers)
+
+
 def _precision_label(row: dict[str, Any]) -> str:
     """``int8``, or ``int8, N of M layers float (+KB, +ms)`` / ``int8, <parts> float`` when not all int8."""
     if row["precision"] != "int8":
         return row["precision"]
     cost = row.get("float_cost")
     if row.get("float_layers") and cost:
-        return (f"int8, {len(row['float_layers'])} of {cost['of_layers']} layers float "
-                f"({', '.join(row['float_layers'])}: +{cost['size_kb']:.0f} KB, {cost['latency_ms_b1']:+.2f} ms)")
+        names = row["float_layers"]
+        shown = ", ".join(names[:SHOWN_FLOAT_LAYERS]) + (", ..." if len(names) > SHOWN_FLOAT_LAYERS else "")
+        return (f"int8, {len(names)} of {cost['of_layers']} layers float ({shown}; "
+                f"+{cost['size_kb']:.0f} KB, {cost['latency_ms_b1']:+.2f} ms vs plain int8)")
     if row.get("float_parts"):
         return f"int8, {', '.join(row['float_parts'])} float"
     return "int8"
