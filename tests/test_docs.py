@@ -30,7 +30,7 @@ def test_docs_code_and_recipes_do_not_speak_of_project_history():
 
 def test_results_is_short_and_its_images_exist():
     text = RESULTS.read_text(encoding="utf-8")
-    assert len(text.splitlines()) <= 450
+    assert len(text.splitlines()) <= 500  # one section per claim; superseded tables go (git keeps them)
     images = re.findall(r"\]\((img/[^)\s]+\.png)\)", text)
     assert images, "results.md references no charts: the pattern or the document changed"
     missing = [img for img in images if not (RESULTS.parent / img).is_file()]

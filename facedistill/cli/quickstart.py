@@ -26,6 +26,8 @@ def print_quickstart(summary: dict) -> None:
     for row in summary["exports"]:
         acc = f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "-"
         lat = f"{row['p50_ms']:.2f} ms" if row.get("p50_ms") is not None else "-"
+        if row.get("speedup_vs_fp32") and row["file"] != "student.onnx":
+            lat += f" ({row['speedup_vs_fp32']:.2f}x fp32)"
         size = f"{row['size_mb']:.2f} MB" if row.get("size_mb") is not None else "-"
         exports.add_row(row["file"], row["precision"], size, acc, lat)
     console.print(exports)
@@ -37,7 +39,7 @@ def print_quickstart(summary: dict) -> None:
 @user_errors
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Working folder for data, runs and exports."),
-    size: str = typer.Option("default", help="default (about 10 minutes on 2 CPU cores) or tiny (a smoke test)."),
+    size: str = typer.Option("default", help="default (about 5 minutes on 2 idle CPU cores) or tiny (a smoke test)."),
     recipes: Optional[Path] = typer.Option(None, help="Folder of the quickstart recipes (default: recipes/quickstart)."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Also export and check an int8 student."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key of every recipe, e.g. train.threads=2."),

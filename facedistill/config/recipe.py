@@ -74,6 +74,11 @@ class StudentConfig:
     mean: Union[float, List[float], None] = None  # pixel scale 0..255, one value or three (model's order)
     std: Union[float, List[float], None] = None
     channel_order: Optional[str] = None  # RGB | BGR
+    # ReLU/ReLU6 students: train them as LeakyReLU (slope 0.25, PReLU's initial value) whose negative
+    # slope falls linearly to 0 from this fraction of the run to its last step, so the run ends with
+    # the plain ReLU/ReLU6 network (all-int8 on export) after a leaky start (models/activations.py).
+    # null: plain ReLU/ReLU6 from the first step.
+    leaky_anneal_from: Optional[float] = None
 
 
 @dataclass
@@ -157,6 +162,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "train.precision": "fp32",
     "data.augment": to_dict(AugmentConfig()),  # off (and untouched): no augmentation beyond data.flip
     "teacher.views": 1,
+    "student.leaky_anneal_from": None,
     "teacher.online": False,
     "teacher.cache_dtype": "float32",
     "student.mean": None,  # unset: the checkpoint's or arcface_torch's preprocessing, as before
@@ -235,6 +241,16 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
     if recipe.student.embedding_size < 1:
         raise RecipeError(f"{where}: `student.embedding_size` must be positive")
     _validate_student_input(recipe.student, where, check_files)
+    anneal = recipe.student.leaky_anneal_from
+    if anneal is not None:
+        if isinstance(anneal, bool) or not isinstance(anneal, (int, float)) or not 0.0 <= anneal < 1.0:
+            raise RecipeError(f"{where}: `student.leaky_anneal_from` must be a fraction of the run in [0, 1) "
+                              f"(e.g. 0.5: the slope falls over the second half), or null; got {anneal!r}")
+        if "relu" not in recipe.student.arch:
+            relu = [b for b in backbones if "relu" in b]
+            raise RecipeError(f"{where}: `student.leaky_anneal_from` anneals a ReLU/ReLU6 network, but "
+                              f"`student.arch` is {recipe.student.arch!r}; use one of {', '.join(relu)}, or "
+                              "drop the key")
     if recipe.data.batch_size < 2:
         raise RecipeError(f"{where}: `data.batch_size` must be at least 2 (relations need pairs)")
     if recipe.data.workers < 0:

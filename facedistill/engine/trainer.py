@@ -250,6 +250,11 @@ class Trainer:
             self.student.load_state_dict(init.model.state_dict())
             if init.info.get("imported_from_onnx") or init.info.get("imported_from"):  # ONNX, or `prepare student`
                 self.calibrate_start()
+        self.anneal = None
+        if cfg.student.leaky_anneal_from is not None:  # leaky first, plain ReLU/ReLU6 at the end
+            from facedistill.models.activations import LeakyAnneal
+
+            self.anneal = LeakyAnneal.install(self.student, cfg.student.leaky_anneal_from)
         head = None
         if cfg.loss.margin.type != "none":
             if not bool((self.train_set.labels >= 0).any()):
@@ -438,6 +443,7 @@ class Trainer:
 
     def train_step(self, batch: Batch) -> dict[str, Any]:
         """Forward, check, backward, update; returns the step's metrics row."""
+        slope = self.anneal.set_step(self.step, self.total_steps) if self.anneal is not None else None
         out = self.forward(batch.x, batch.labels, batch.teacher_emb, self.step)  # autocast inside: TrainModule
         loss = out["loss"]
         if not torch.isfinite(loss):
@@ -460,6 +466,8 @@ class Trainer:
                 row[f"loss_{key}" if key in LOSS_TERMS else key] = float(value.detach())
         if grad_norm is not None:
             row["grad_norm"] = grad_norm
+        if slope is not None:
+            row["leaky_slope"] = round(slope, 5)
         return row
 
     def _diverged(self, out: dict[str, torch.Tensor]) -> TrainingDiverged:
@@ -541,6 +549,8 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """Precise BN on the final weights, the last checkpoint and student, the summary and its plot."""
+        if self.anneal is not None:  # slope 0: the ReLU/ReLU6 network the run was annealed into
+            self.anneal.set_step(self.total_steps, self.total_steps)
         self.recalibrate(self.student)  # the saved student carries BatchNorm stats of its final weights
         self.save_checkpoint()
         summary = self.summary()

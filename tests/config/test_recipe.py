@@ -168,6 +168,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     del old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]  # added later still
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]  # and these
+    del old["student"]["leaky_anneal_from"]
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     bf16 = load_recipe(write(tmp_path, "b.yaml", {"train": {"precision": "bf16"}, "loss": {"distill": {"type": "none"}}}))
@@ -202,6 +203,7 @@ def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
     del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]
+    del old["student"]["leaky_anneal_from"]  # added later still
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     on = load_recipe(write(tmp_path, "b.yaml", {"data": {"augment": {"enabled": True}},
@@ -284,3 +286,19 @@ def test_cache_keys_checked_and_only_dtype_changes_the_hash(tmp_path):
         load_recipe(write(tmp_path, "d.yaml", {**base, "teacher": {"cache_dtype": "int8"}}), check_files=False)
     with pytest.raises(Exception, match="teacher.cache_workers"):
         load_recipe(write(tmp_path, "e.yaml", {**base, "teacher": {"cache_workers": 0}}), check_files=False)
+
+
+def test_leaky_anneal_key_checks_and_hash(tmp_path):
+    """`student.leaky_anneal_from` anneals ReLU/ReLU6 students only; unset it leaves the hash alone."""
+    base = {"loss": {"distill": {"type": "none"}}, "student": {"arch": "mobilefacenet_s_relu6"}}
+    plain = load_recipe(write(tmp_path, "a.yaml", base))
+    off = load_recipe(write(tmp_path, "b.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": None}}))
+    on = load_recipe(write(tmp_path, "c.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": 0.5}}))
+    assert plain.student.leaky_anneal_from is None and on.student.leaky_anneal_from == 0.5
+    assert plain.hash() == off.hash() != on.hash()
+    with pytest.raises(RecipeError, match=r"student\.leaky_anneal_from.*mobilefacenet_s_leaky.*relu6"):
+        load_recipe(write(tmp_path, "d.yaml", {**base, "student": {"arch": "mobilefacenet_s_leaky",
+                                                                   "leaky_anneal_from": 0.5}}))
+    for bad in (1.0, -0.1):
+        with pytest.raises(RecipeError, match=r"student\.leaky_anneal_from.*\[0, 1\)"):
+            load_recipe(write(tmp_path, "e.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": bad}}))

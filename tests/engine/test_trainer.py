@@ -201,3 +201,21 @@ def test_two_training_sources_keep_identities_apart_and_share_caches(tmp_path, t
     assert s["steps"] == 8  # 64 draws an epoch / batch 8, drawn 3:1 from the two sources
     rows = [json.loads(l) for l in (recipe.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(math.isfinite(r["loss_margin"]) and math.isfinite(r["loss_l2"]) for r in rows)
+
+
+def test_leaky_anneal_trains_leaky_and_saves_the_relu6_network(tmp_path, tiny_synthetic):
+    """`student.leaky_anneal_from`: the logged slope holds at 0.25, falls to 0 by the last step, and the
+    saved student is the registered ReLU6 network (loads strictly, same embeddings as the run's model)."""
+    from facedistill.models.checkpoints import load_backbone
+
+    recipe = load_recipe(make_recipe(tmp_path, tiny_synthetic, "anneal", **{
+        "student.arch": "mobilefacenet_s_relu6", "student.leaky_anneal_from": 0.5, "train.epochs": 2}))
+    result = train(recipe)
+    rows = [json.loads(l) for l in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    slopes = [r["leaky_slope"] for r in rows]
+    assert len(slopes) == 8 and slopes[:4] == [0.25] * 4 and slopes[-1] == 0.0
+    assert all(a > b for a, b in zip(slopes[3:], slopes[4:]))
+    loaded = load_backbone(result.run_dir)
+    assert loaded.arch == "mobilefacenet_s_relu6"
+    assert any(isinstance(m, torch.nn.ReLU6) for m in loaded.model.modules())
+    assert 0.0 <= result.summary["val_accuracy"] <= 1.0
