@@ -37,9 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python benchmarks/export_equivalence.py`: the table helper beside it
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _table import print_table  # noqa: E402
+from _table import print_table  # benchmarks/_table.py, beside this script
 
 TIMING_KEYS = {"seconds", "latency_ms_b1", "latency_threads", "plain_latency_ms_b1"}
 TIMING_TEXT = re.compile(r"[-+]?\d+(\.\d+)? ?(ms|s)\b")

@@ -18,9 +18,15 @@ Pipeline (:func:`quantize_int8`)::
                              weight-only int8, convs as fp16 + Cast (``kept_float_weights``);
                              tensor/node names compacted
 
-When plain int8 fails the export's gate, :func:`search_mixed_precision` (per-layer damage from
-:func:`layer_sensitivity`, then the fewest most-damaging layers kept float) is the default fallback
+When plain int8 fails the export's gate,
+:func:`facedistill.export.mixed_precision.search_mixed_precision` (per-layer damage from
+``layer_sensitivity``, then the fewest most-damaging layers kept float) is the default fallback
 (docs/deploy.md section 6; numbers in docs/results.md).
+
+This module holds the settings (:class:`Int8Options`, each default with its measurement below) and
+the quantizer call; the graph rewrites are in :mod:`facedistill.export.graph_rewrites`, the stem /
+head / depthwise lookups in :mod:`facedistill.export.graph_parts`, the calibration readers in
+:mod:`facedistill.export.calibration`.
 
 Note for AVX2-only CPUs (docs/results.md, "int8 speed"): the measurements below were taken with 8-bit
 weights on an AVX512-VNNI machine. On a CPU without VNNI the all-int8 trunk with the ``fused`` PReLU
@@ -42,8 +48,8 @@ Defaults, and why (measured; reproduce with ``benchmarks/int8_export.py --prelu-
 * uint8 activations (U8S8): with int8 activations onnxruntime left most convs in float behind
   Transposes and ran slower (20.5 vs 16.3 ms); ``activations="int8"`` remains available.
 * ``keep_float`` default ``("stem", "head", "depthwise", "prelu")``: the first conv (+ input
-  normalisation) and the embedding head (global 1x1 conv, Flatten, Linear, BN1d) stay float as the
-  issue asks. Their weights are stored compactly (``kept_float_weights="compact"``): the Linear as
+  normalisation) and the embedding head (global 1x1 conv, Flatten, Linear, BN1d) stay float.
+  Their weights are stored compactly (``kept_float_weights="compact"``): the Linear as
   weight-only int8 (cosine to fp32 unchanged to 4 decimals on SFace), conv weights as fp16 + Cast.
   Not int8 + DequantizeLinear for convs: onnxruntime does not fold a DQ in a QDQ model, the conv then
   loses its pre-packed NCHWc weights, and MobileFaceNet ran ~40% slower; the Cast is folded at load
