@@ -14,6 +14,7 @@ import warnings
 from typing import Any
 
 from facedistill.errors import ExportError
+from facedistill.export.graph_parts import graph_opset
 from facedistill.export.metadata import INPUT_NAME, OUTPUT_NAME
 from facedistill.export.quantize import MAX_INT8_OPSET, MIN_INT8_OPSET
 
@@ -21,10 +22,6 @@ __all__ = ["DEFAULT_OPSET", "MIN_OPSET", "check_opset", "simplify_graph", "torch
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 11
-
-
-def _opset_of(model: Any) -> int:
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def check_opset(opset: int, int8: bool) -> None:
@@ -82,7 +79,7 @@ def torch_to_onnx(model: Any, opset: int = DEFAULT_OPSET, batch: str | int = "dy
         raw = os.path.join(tmp, "raw.onnx")
         _torch_export(model, example, raw, opset, dynamic)
         proto = onnx.load(raw)
-    got = _opset_of(proto)
+    got = graph_opset(proto)
     if got != opset:
         raise ExportError(f"asked for opset {opset} but the exporter wrote opset {got}; pick another --opset")
     proto.producer_name = "facedistill"
