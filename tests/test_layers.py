@@ -1,7 +1,10 @@
 """The package's floors: a module imports only from its own floor or the floors below it.
 
 cli on top, then engine, then evaluation/export/bench/config, then data/models/losses, then
-utils/errors. A reader who knows the floor of a module knows what it may depend on.
+utils/errors. A reader who knows the floor of a module knows what it may depend on. Two modules
+never import each other (lazy imports inside functions included): what both need goes to a module
+below them. And no function in facedistill/export/ is longer than a screen (about 80 lines), so an
+export reads as its named stages.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def test_the_checker_sees_an_upward_import(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# inside a package: no two modules import each other, and export/ reads in screens
+# no two modules import each other, and export/ reads in screens
 # ----------------------------------------------------------------------------------------------
 MAX_EXPORT_FUNCTION_LINES = 80  # a function of a screen or less: an export reads as named stages
 
@@ -92,17 +95,17 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def mutual_imports(graph: dict[str, set[str]]) -> list[str]:
-    """Pairs of modules of one package that import each other (a package's __init__ re-exporting its
-    modules is not a pair: a module importing its own package's __init__ would be)."""
+    """Pairs of modules that import each other, inside one package or across two (a package's
+    __init__ re-exporting its modules is not a pair; a module importing that __init__ back would be)."""
     pairs = []
     for a, targets in graph.items():
         for b in targets:
-            if a < b and a in graph.get(b, set()) and a.rsplit(".", 1)[0] == b.rsplit(".", 1)[0]:
+            if a < b and a in graph.get(b, set()):
                 pairs.append(f"{a} <-> {b}")
     return sorted(pairs)
 
 
-def test_no_two_modules_of_a_package_import_each_other():
+def test_no_two_modules_import_each_other():
     pairs = mutual_imports(import_graph())
     assert not pairs, "modules that import each other (move what both need to a lower module):\n" + "\n".join(pairs)
 
