@@ -17,10 +17,11 @@ that decides something, each into its own folder under ``--out``:
   rejected file is kept (``keep_rejected``);
 * ``onnx``: the ``full`` fp32 file quantized again as an ONNX source (the path of a model trained
   elsewhere);
-* ``qat``: ``--qat-steps`` steps of quantization-aware fine-tuning before int8 (0 skips it).
+* ``qat``: ``--qat-steps`` steps (batches of 8 faces) of quantization-aware fine-tuning before int8
+  (0 skips it).
 
-Each case writes ``case.json``: the report (``to_dict()``; for a refused export the report the
-:class:`~facedistill.export.ExportGateError` carries, and its message) and the sha256 of every file
+Each case writes ``case.json``: the report (``to_dict()``; for a refused export the report an
+:class:`~facedistill.export.ExportGateError` carries, and the message of any refusal) and the sha256 of every file
 it wrote. ``compare`` prints one row per case: whether the files are byte-identical, and whether the
 gate decisions (passed, plain or mixed int8, the layers kept float, the failure message) and the rest
 of the report agree once the timings (seconds, batch-1 latencies, the ms and s inside notes) are
@@ -52,13 +53,13 @@ def _files(folder: Path) -> dict[str, str]:
 
 
 def _run(folder: Path, call: Any) -> dict[str, Any]:
-    from facedistill.export import ExportGateError
+    from facedistill.errors import FaceDistillError
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
         report, error = call(folder), None
-    except ExportGateError as e:
-        report, error = e.report, str(e)
+    except FaceDistillError as e:  # a refusal is an outcome to compare too (a gate's carries its report)
+        report, error = getattr(e, "report", None), str(e)
     case = {"report": report.to_dict() if report is not None else None, "error": error, "files": _files(folder)}
     (folder / "case.json").write_text(json.dumps(case, indent=1, sort_keys=True, default=str))
     return case
@@ -86,8 +87,8 @@ def record(args: argparse.Namespace) -> None:
     def qat(d: Path) -> Any:
         from facedistill.export.qat import QATOptions
 
-        return export_model(args.model, d / "student.onnx", int8=True, qat=QATOptions(steps=args.qat_steps, threads=1),
-                            **common)
+        qat = QATOptions(steps=args.qat_steps, batch_size=8, calib_batches=2, threads=1)
+        return export_model(args.model, d / "student.onnx", int8=True, qat=qat, **common)
 
     cases = [("full", full), ("mixed", mixed), ("refused", refused), ("onnx", onnx_source)]
     if args.qat_steps > 0:
