@@ -41,7 +41,7 @@ from typing import Any
 from _table import print_table  # benchmarks/_table.py, beside this script
 
 TIMING_KEYS = {"seconds", "latency_ms_b1", "latency_threads", "plain_latency_ms_b1"}
-TIMING_TEXT = re.compile(r"[-+]?\d+(\.\d+)? ?(ms|s)\b")
+TIMING_TEXT = re.compile(r"(\d+\.\d+ -> )?[-+]?\d+(\.\d+)? ?(ms|s)\b")
 
 
 def _sha(path: Path) -> str:
@@ -110,13 +110,20 @@ def _masked(value: Any) -> Any:
     return value
 
 
-def _paths_relative(value: Any, root: str) -> Any:
+def _paths_relative(value: Any, roots: tuple[str, ...]) -> Any:
     """Paths inside a report name the folder it was recorded in: compare them relative to it."""
     if isinstance(value, dict):
-        return {k: _paths_relative(v, root) for k, v in value.items()}
+        return {k: _paths_relative(v, roots) for k, v in value.items()}
     if isinstance(value, list):
-        return [_paths_relative(v, root) for v in value]
-    return value.replace(root, "<out>") if isinstance(value, str) else value
+        return [_paths_relative(v, roots) for v in value]
+    if isinstance(value, str):
+        for root in roots:
+            value = value.replace(root, "<out>")
+    return value
+
+
+def _roots(folder: str, name: str) -> tuple[str, ...]:
+    return (str(Path(folder).resolve() / name), str(Path(folder) / name))
 
 
 def decisions(case: dict[str, Any]) -> dict[str, Any]:
@@ -141,7 +148,7 @@ def differences(a: Any, b: Any, where: str = "") -> list[str]:
         return out
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
         return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{where}[{i}]")]
-    return [] if a == b else [f"{where or '.'}: {str(a)[:120]!r} != {str(b)[:120]!r}"]
+    return [] if a == b else [f"{where or '.'}: {a!r} != {b!r}"]
 
 
 def compare(args: argparse.Namespace) -> int:
@@ -156,8 +163,8 @@ def compare(args: argparse.Namespace) -> int:
         a, b = json.loads(case_a.read_text()), json.loads(case_b.read_text())
         same_bytes = a["files"] == b["files"] and bool(a["files"])
         da, db = decisions(a), decisions(b)
-        rest = differences(_paths_relative(_masked(a), str(Path(args.a).resolve() / name)),
-                           _paths_relative(_masked(b), str(Path(args.b).resolve() / name)))
+        rest = differences(_paths_relative(_masked(a), _roots(args.a, name)),
+                           _paths_relative(_masked(b), _roots(args.b, name)))
         rows.append([name, f"{'yes' if same_bytes else 'NO'} ({len(a['files'])} files)",
                      "same" if da == db else "DIFFER", f"{da['int8']}, float layers {len(da['float_layers'] or [])}",
                      "same" if not rest else f"{len(rest)} differ"])
