@@ -10,7 +10,8 @@
 ``record`` exports one trained student through every path of :func:`facedistill.export.export_model`
 that decides something, each into its own folder under ``--out``:
 
-* ``full``: fp32 + fp16 + int8, calibrated on ``--calib``, gated on ``--verify`` (the default export);
+* ``full``: fp32 + fp16 + int8, calibrated on ``--calib``, gated on ``--verify`` when given (the default
+  export);
 * ``mixed``: int8 with a mean-cosine gate of ``--mixed-cosine`` (default 0.9995), which plain int8 of a
   briefly trained student fails, so the sensitivity-guided mixed-precision fallback runs;
 * ``refused``: int8 with the fallback off and an unreachable gate (0.99999): the gate refuses and the
@@ -183,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("record", help="export one student through every deciding path")
     r.add_argument("model", help="run folder or state dict of a trained student")
     r.add_argument("--calib", required=True, help="prepared set of faces to calibrate (and fine-tune) on")
-    r.add_argument("--verify", required=True, help="prepared pair set for the accuracy gate")
+    r.add_argument("--verify", help="prepared pair set for the accuracy gate of the 'full' case (none: cosine only)")
     r.add_argument("--out", required=True, help="folder for the cases (one sub-folder each)")
     r.add_argument("--mixed-cosine", type=float, default=0.9995, help="int8 gate of the 'mixed' case")
     r.add_argument("--qat-steps", type=int, default=4, help="QAT steps of the 'qat' case (0: no such case)")
