@@ -124,7 +124,8 @@ def _paths_relative(value: Any, roots: tuple[str, ...]) -> Any:
 
 
 def _roots(folder: str, name: str) -> tuple[str, ...]:
-    return (str(Path(folder).resolve() / name), str(Path(folder) / name))
+    """The recording's folder as a report may spell it (the 'onnx' case reads the 'full' case's file)."""
+    return (str(Path(folder).resolve()), str(Path(folder)))
 
 
 def decisions(case: dict[str, Any]) -> dict[str, Any]:
