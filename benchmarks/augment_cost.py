@@ -1,5 +1,12 @@
 """What augmentation the teacher agrees with costs: the K-view cache build, and training images/s.
 
+Claim: the K-view cache (augmented views the teacher embedded once) costs K teacher forwards per image, once;
+training on it runs near flip-only speed, an online teacher does not.
+Its figure (docs/results.md, "Augmentation the teacher agrees with (K-view cache)") comes from::
+
+    OMP_NUM_THREADS=1 python benchmarks/augment_cost.py --images 256 --steps 5 --warmup 1 --views 4 \
+        --batch-size 64 --threads 1 --workdir /tmp/aug/bench --json /tmp/aug/augment_cost.json
+
     python benchmarks/augment_cost.py --images 256 --steps 5 --threads 1      # SFace, LFW folds 1-5 slice
     python benchmarks/augment_cost.py --recipe recipes/sface_lfw/iled.yaml --views 8 --json aug.json
 
@@ -33,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _table import print_table  # noqa: E402  (benchmarks/_table.py, beside this script)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -170,11 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     cb = result["cache_build"]
     print(f"  cache build  plain (image, flip): {1000 * cb['plain_s_per_image']:.1f} ms/image   "
           f"K={args.views} views: {1000 * cb['views_s_per_image']:.1f} ms/image   ({cb['views_vs_plain']:.2f}x)")
-    print(f"  {'training':<14}{'images/s':>10}{'median step ms':>16}{'vs flip only':>14}")
-    for label, row in rows.items():
-        print(f"  {label:<14}{row['images_per_s']:>10.2f}{row['step_ms_median']:>16.0f}"
-              f"{row['ratio_vs_flip_only']:>13.2f}x")
-    print(f"  load average after the run: {result['machine']['loadavg']} on {result['machine']['cpus']} CPUs")
+    print_table(["training", "images/s", "median step ms", "vs flip only"],
+                [[label, f"{row['images_per_s']:.2f}", f"{row['step_ms_median']:.0f}", f"{row['ratio_vs_flip_only']:.2f}x"]
+                 for label, row in rows.items()],
+                notes=[f"load average after the run: {result['machine']['loadavg']} on {result['machine']['cpus']} CPUs"])
     if args.json is not None:
         if str(args.json) == "-":
             print(json.dumps(result, indent=2))

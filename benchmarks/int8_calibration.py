@@ -1,5 +1,12 @@
 """int8 calibration methods side by side on one trained face model: minmax / entropy / percentile.
 
+Claim: which calibration method gives the most accurate int8 file of a trained face model (percentile, the
+export's default), at bounded calibration memory.
+Its figure (docs/results.md, "int8 accuracy of the trained students") comes from::
+
+    python benchmarks/int8_calibration.py --model models/sface_fp32.onnx --mean 0 --std 1 \
+        --calib data/lfw112/train --val data/lfw112/val --methods minmax,percentile,entropy,minmax-8bit
+
 For each method: the int8 model's verification accuracy on a packed pair set (LFW folds 6-7 here),
 its mean and worst per-image cosine to fp32 on that set's images, file size, batch-1 and batch-8
 latency (interleaved in one run with the fp32 model, 1 thread), and the calibration's peak memory

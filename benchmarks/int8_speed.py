@@ -1,4 +1,12 @@
 """int8 speed of MobileFaceNet students, side by side in one run: PReLU (our students) vs ReLU6 (the
+
+Claim: PReLU is what keeps an int8 MobileFaceNet slow on onnxruntime; the LeakyReLU and ReLU6 students run
+every layer in int8, faster than their fp32.
+Its figure (docs/results.md, "int8 speed") comes from::
+
+    python benchmarks/int8_speed.py --calib data/lfw112/train --leaky-model RUN_OF_A_LEAKY_STUDENT --rounds 8 \
+        --json int8_speed.json
+
 public int8 MobileFaceNet design), each in fp32 and in several int8 layouts, batch 1 and batch 8,
 1 thread, interleaved timing rounds; plus, per graph, the op types that take the time (onnxruntime
 profile) so a slow int8 graph shows what keeps it slow.
@@ -15,7 +23,7 @@ Graphs (``--arch`` width, random weights with BatchNorm statistics set on real f
 * ``leaky int8 all``  every node int8 (``auto`` on a network without PReLU): QLinearConv + QLinearLeakyRelu
 * ``relu6 fp32``      the ReLU6 variant (``<arch>_relu6``), Conv+Clip fused
 * ``relu6 int8 all``  every conv int8 (``--int8-keep-float stem,head``)
-* ``relu6 int8 none`` every node int8 (``--int8-keep-float none``: the issue's anchor quantization)
+* ``relu6 int8 none`` every node int8 (``--int8-keep-float none``: anchors quantized too)
 
 Usage::
 

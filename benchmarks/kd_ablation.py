@@ -1,5 +1,13 @@
 """Distillation ablation: the same student trained with every distillation objective, same budget and seeds.
 
+Claim: how each distillation objective compares with the margin loss alone (``none``) for the same student,
+data, budget and seeds.
+Its figure (docs/results.md, "Synthetic faces (benchmarks/kd_ablation.py)") comes from::
+
+    OMP_NUM_THREADS=1 python benchmarks/kd_ablation.py --workdir /tmp/abl3 --seeds 0,1,2 \
+        --set train.threads=1 --set data.workers=0 --teacher-set train.threads=1 \
+        --teacher-set data.workers=0 --json /tmp/abl3/kd.json
+
     python benchmarks/kd_ablation.py                                   # 8 types x seeds 0,1,2, quickstart data
     python benchmarks/kd_ablation.py --types none,unified --seeds 0,1 --json kd.json
     python benchmarks/kd_ablation.py --set optim.lr=0.001 --student-epochs 3 --workdir runs/kd_lr1e-3
@@ -42,6 +50,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _table import print_table  # benchmarks/_table.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -194,38 +204,28 @@ def aggregate(runs: list[dict[str, Any]], types: list[str]) -> list[dict[str, An
     return rows
 
 
-def print_table(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
+def show_table(result: dict[str, Any]) -> None:
     s = result["settings"]
     seeds = ",".join(str(x) for x in s["seeds"])
-    table = Table(title=f"KD ablation: {s['student_arch']} student, {s['student_epochs']:g} epochs, seeds {seeds}",
-                  caption=f"verification accuracy on {s['val_pairs']} val pairs ({result['accuracy_source']}); "
-                          "± = std over seeds (ddof=1); train s = mean training-loop wall time per run")
-    table.add_column("model")
-    table.add_column("accuracy %", justify="right")
-    table.add_column("Δ vs none", justify="right")
-    table.add_column("per seed %", justify="right")
-    table.add_column("train s", justify="right")
-    table.add_column("img/s", justify="right")
     t = result["teacher"]
-    table.add_row(f"teacher ({t['arch']}, reference)", f"{100 * t['accuracy']:.2f}", "", "",
-                  f"{t['wall_time_s']:.1f}", f"{t['images_per_s'] or 0:.0f}", style="dim")
+    rows = [[f"teacher ({t['arch']}, reference)", f"{100 * t['accuracy']:.2f}", "", "",
+             f"{t['wall_time_s']:.1f}", f"{t['images_per_s'] or 0:.0f}"]]
     best = max(r["accuracy_mean"] for r in result["rows"])
     for r in result["rows"]:
         acc = f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
         delta = "" if r["delta_vs_none"] is None or r["type"] == "none" else f"{100 * r['delta_vs_none']:+.2f}"
         per_seed = " ".join(f"{100 * a:.1f}" for a in r["accuracies"])
-        style = "bold" if r["accuracy_mean"] == best else None
-        table.add_row(r["type"], acc, delta, per_seed, f"{r['wall_time_mean_s']:.1f}",
-                      f"{r['images_per_s_mean']:.0f}", style=style)
-    console = Console(width=max(120, Console().width))
-    console.print(table)
+        rows.append([r["type"] + (" *" if r["accuracy_mean"] == best else ""), acc, delta, per_seed,
+                     f"{r['wall_time_mean_s']:.1f}", f"{r['images_per_s_mean']:.0f}"])
+    notes = [f"verification accuracy on {s['val_pairs']} val pairs ({result['accuracy_source']}); "
+             "± = std over seeds (ddof=1); train s = mean training-loop wall time per run; * = best"]
     resumed = [f"{r['type']}-s{r['seed']}" for r in result["runs"] if r["how"] == "resumed"]
     if resumed:
-        console.print(f"note: {', '.join(resumed)} resumed after an interruption; their train s covers "
-                      "only the part after the resume")
+        notes.append(f"note: {', '.join(resumed)} resumed after an interruption; their train s covers "
+                     "only the part after the resume")
+    print_table(["model", "accuracy %", "Δ vs none", "per seed %", "train s", "img/s"], rows,
+                title=f"KD ablation: {s['student_arch']} student, {s['student_epochs']:g} epochs, seeds {seeds}",
+                notes=notes)
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -345,7 +345,7 @@ def _run(args: argparse.Namespace, log) -> int:
                     "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()},
         "total_s": None,
     }
-    print_table(result)
+    show_table(result)
     if not args.no_plot:
         png = args.workdir / "kd_ablation.png"
         plot(result, png)

@@ -1,5 +1,10 @@
 """PyTorch eager vs onnxruntime fp32 vs onnxruntime int8 for the MobileFaceNet student, side by side.
 
+Claim: onnxruntime fp32 is >= 1.5x faster than PyTorch eager at batch 1, and int8 >= 2x faster than fp32.
+Its figure (docs/deploy.md, "Where the time goes") comes from::
+
+    python benchmarks/latency_torch_vs_ort.py --prelu-variant --grouped-variant
+
     python benchmarks/latency_torch_vs_ort.py                       # random-init student, batch 1 and 32
     python benchmarks/latency_torch_vs_ort.py --checkpoint runs/mbf --threads 1,4 --json lat.json
 

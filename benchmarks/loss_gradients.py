@@ -1,7 +1,13 @@
 """Gradient norms of every distillation term at initialisation, relative to ArcFace and ILED.
 
+Claim: with a recipe's weights, every distillation term gets a share of the gradient comparable to ILED's
+(lambda_rpsd 6 gives RPSD about ILED's norm).
+Its figure (docs/method.md, "Gradient norms at initialisation") comes from::
+
+    python benchmarks/loss_gradients.py --batches 2
+
 Why: the terms are added with weights (lambda_iled, lambda_rpsd, weight); a weight picked by hand
-can leave a term with a negligible share of the gradient (the issue-13 audit measured RPSD at
+can leave a term with a negligible share of the gradient (at lambda_rpsd 1, RPSD measured
 0.14x ILED's gradient in the unified SFace recipe). This measures, on real batches of the recipe's
 training set, with its cached teacher embeddings and a freshly initialised student (seed 0, train
 mode), the L2 norm of d(term)/d(student parameters) for each term UNWEIGHTED, averaged over

@@ -1,5 +1,11 @@
 """SFace -> MobileFaceNet on real faces (LFW folds 1-5 train, 6-7 val): the whole product, one table.
 
+Claim: the whole product on real faces: each objective's student on LFW folds 6-7 under one budget, and the
+deployed student's fp32 / int8 accuracy, size and latency next to the teacher.
+Its figure (README.md ("SFace on LFW") and docs/results.md, "The objectives side by side") comes from::
+
+    python benchmarks/sface_lfw.py --epochs 3 --jobs 2 --threads 1
+
 What it does, each step through the ``facedistill`` CLI a user would type:
 
 1. checks the inputs (``models/sface_fp32.onnx``, ``data/lfw112/{train,val}``; the recipe header

@@ -1,5 +1,13 @@
 """CPU training and evaluation throughput of the MobileFaceNet student, settings side by side in one run.
 
+Claim: which CPU settings train and evaluate the student fastest (channels_last, bf16, torch.compile, threads
+vs processes, loader workers; evaluation paths), as ratios from one run.
+Its figure (docs/results.md, "bf16 training" and "Evaluation throughput") comes from::
+
+    python benchmarks/train_throughput.py --also-arch mobilefacenet_s_leaky --threads 1,2 --processes 2 \
+        --no-compile --no-eval --workers "" --rounds 3 --steps 2
+    python benchmarks/train_throughput.py --no-train --rounds 3 --eval-images 256
+
     python benchmarks/train_throughput.py                              # all variants, 1 and 2 threads
     python benchmarks/train_throughput.py --rounds 5 --json tp.json    # more rounds, JSON report
     python benchmarks/train_throughput.py --quick                      # a smoke run (numbers meaningless)

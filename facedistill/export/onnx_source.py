@@ -3,7 +3,7 @@ MobileFaceNet from another project): ``facedistill export model.onnx --out m.int
 --calib SET [--verify SET]``.
 
 The same quantizer, gates and mixed-precision fallback as our own students
-(:func:`facedistill.export.onnx_export.int8_stage`); what differs is how the fp32 graph arrives:
+(:func:`facedistill.export.int8_stage.int8_stage`); what differs is how the fp32 graph arrives:
 
 * preprocessing comes from flags (``mean``/``std``/``channel_order``) or, when the file carries
   facedistill metadata, from it; neither: refused (a guessed normalisation would calibrate on the
@@ -15,6 +15,10 @@ The same quantizer, gates and mixed-precision fallback as our own students
   graph gives the same embeddings that way -- both checked against the original file on real faces
   (worst cosine >= 0.9999) before anything is quantized;
 * the output file gets our metadata (architecture from the source metadata or ``onnx:<file stem>``).
+
+Stages of :func:`export_onnx_int8`: check the request -> open the source (:func:`load_onnx_source`,
+preprocessing, images, the source's own embeddings) -> the prepared fp32 graph against the source
+(:func:`_fp32_gate`) -> int8 -> batch-1 latency.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ import numpy as np
 
 from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import ExportError
+from facedistill.export.files import check_writable
+from facedistill.export.gates import INT8_DROP_ALPHA, INT8_MAX_ACCURACY_DROP, INT8_MIN_MEAN_COSINE
+from facedistill.export.graph_parts import graph_opset
+from facedistill.export.images import gather_images
+from facedistill.export.int8_stage import Int8Gate, int8_stage
+from facedistill.export.measure import quick_latency_ms
+from facedistill.export.metadata import read_metadata
+from facedistill.export.parity import compare_embeddings, ort_session, run_onnx
 from facedistill.export.quantize import MAX_INT8_OPSET, MIN_INT8_OPSET, Int8Options
+from facedistill.export.report import ArtifactReport, ExportReport, ExportRun, say
 
 __all__ = ["export_onnx_int8", "graph_opset", "load_onnx_source", "onnx_source_preprocessing"]
 
@@ -62,11 +75,6 @@ def _one_io(model: Any, path: Path) -> tuple[Any, Any]:
         raise ExportError(f"{path}: the input must be N x 3 x H x W (NCHW images), got "
                           f"{[d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims]}")
     return inputs[0], model.graph.output[0]
-
-
-def graph_opset(model: Any) -> int:
-    """The default-domain opset a model imports (0 when it names none)."""
-    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
 
 
 def load_onnx_source(path: str | os.PathLike, notes: list[str]) -> tuple[Any, int]:
@@ -142,25 +150,44 @@ def _batch_works(model: Any, size: int) -> bool:
 
 def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib: str | os.PathLike | None,
                      calib_images: int, int8_options: Int8Options | None = None, verify: Any = None,
-                     parity_images: int = 64, min_cosine: float = 0.99, max_drop: float = 0.5,
-                     drop_alpha: float = 0.05,
+                     parity_images: int = 64, min_cosine: float = INT8_MIN_MEAN_COSINE,
+                     max_drop: float = INT8_MAX_ACCURACY_DROP, drop_alpha: float = INT8_DROP_ALPHA,
                      mean: Any = None, std: Any = None, channel_order: str | None = None,
                      latency: bool = True, latency_threads: int = 1, keep_rejected: bool = False,
-                     int8_mixed: bool = True, seed: int = 0, progress: Any = None) -> Any:
+                     int8_mixed: bool = True, seed: int = 0, progress: Any = None) -> ExportReport:
     """Quantize the fp32 ONNX face model ``source`` to ``out`` (int8 QDQ) with the export gates.
 
-    Returns an :class:`~facedistill.export.onnx_export.ExportReport` whose ``fp32`` artifact is the
+    Returns an :class:`~facedistill.export.report.ExportReport` whose ``fp32`` artifact is the
     source file (its cosine: the prepared graph against the original) and whose ``int8`` artifact is
-    ``out``. Raises :class:`~facedistill.export.onnx_export.ExportGateError` when a gate fails."""
+    ``out``. Raises :class:`~facedistill.export.report.ExportGateError` when a gate fails."""
     import onnx
-
-    from facedistill.export.metadata import read_metadata
-    from facedistill.export.onnx_export import (ArtifactReport, ExportGateError, ExportReport, _check_writable,
-                                                _gather_images, _say, int8_stage, quick_latency_ms)
-    from facedistill.export.parity import compare_embeddings, ort_session, run_onnx
 
     start = time.time()
     source, out = Path(source), Path(out)
+    opts = _check_request(source, out, calib, calib_images, int8_options)
+    gate = Int8Gate(min_cosine=min_cosine, max_drop=max_drop, drop_alpha=drop_alpha, verify=verify, mixed=int8_mixed,
+                    keep_rejected=keep_rejected)
+    run, model, size, orig = _open_source(source, calib, verify, calib_images, parity_images, seed, mean, std,
+                                          channel_order, gate, start, progress)
+    with tempfile.TemporaryDirectory(prefix="facedistill-onnx-src-") as tmp:
+        fp32_path = Path(tmp) / f"{source.stem}.fp32.onnx"
+        onnx.save(model, str(fp32_path))
+        fp32_art = _fp32_gate(run, source, fp32_path, orig)
+        run.say("quantizing")
+        int8_stage(run, model, fp32_path, opts, gate, int8_path=out)
+        if latency:
+            fp32_art.latency_ms_b1 = round(quick_latency_ms(fp32_path, size, threads=latency_threads), 3)
+            fp32_art.latency_threads = latency_threads
+    if latency:
+        a8 = run.report.artifact("int8")
+        a8.latency_ms_b1 = round(quick_latency_ms(a8.path, size, threads=latency_threads), 3)
+        a8.latency_threads = latency_threads
+    return run.finish()
+
+
+def _check_request(source: Path, out: Path, calib: Any, calib_images: int,
+                   int8_options: Int8Options | None) -> Int8Options:
+    """Refuse, before any work, a request that cannot succeed; the validated int8 options."""
     if out.resolve() == source.resolve():
         raise ExportError(f"--out {out} is the source model; give another file name (e.g. {source.stem}.int8.onnx)")
     if out.exists() and out.is_dir():
@@ -171,15 +198,23 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
     if calib_images < 1:
         raise ExportError(f"--calib-images must be >= 1, got {calib_images}")
     opts = (int8_options or Int8Options()).validate()
-    _check_writable(out.parent if str(out.parent) else Path("."))
+    check_writable(out.parent if str(out.parent) else Path("."))
+    return opts
+
+
+def _open_source(source: Path, calib: Any, verify: Any, calib_images: int, parity_images: int, seed: int,
+                 mean: Any, std: Any, channel_order: str | None, gate: Int8Gate, start: float,
+                 progress: Any) -> tuple[ExportRun, Any, int, np.ndarray]:
+    """The run (report, preprocessing, images), the prepared graph, its input size, and the source's own
+    embeddings of the parity images."""
     notes: list[str] = []
     meta = read_metadata(source) if source.is_file() else {}
-    _say(progress, f"loading {source}")
+    say(progress, f"loading {source}")
     model, size = load_onnx_source(source, notes)
     source_opset = _file_opset(source)
     pre, pre_from = onnx_source_preprocessing(meta, mean, std, channel_order, input_size=size)
     notes.append(f"preprocessing from {pre_from}: mean {pre.mean}, std {pre.std}, {pre.channel_order}")
-    imgs = _gather_images(calib, verify, True, calib_images, parity_images, seed, notes)
+    imgs = gather_images(calib, verify, True, calib_images, parity_images, seed, notes)
     x_parity = pre.apply(imgs.parity)
     orig = run_onnx(ort_session(source), x_parity)
     opset = graph_opset(model)
@@ -188,49 +223,33 @@ def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib
         source=str(source), arch=meta.get("architecture") or f"onnx:{source.stem}", embedding_size=int(orig.shape[1]),
         opset=opset, batch="dynamic" if dynamic else "fixed", simplified=False, preprocessing=pre.to_dict(),
         source_opset=source_opset,
-        thresholds={"int8_min_mean_cosine": min_cosine, "int8_max_accuracy_drop_points": max_drop,
-                    "int8_drop_alpha": drop_alpha}, notes=notes,
+        thresholds={"int8_min_mean_cosine": gate.min_cosine, "int8_max_accuracy_drop_points": gate.max_drop,
+                    "int8_drop_alpha": gate.drop_alpha}, notes=notes,
         parity_source=imgs.parity_source)
+    base_meta = dict(arch=report.arch, embedding_size=report.embedding_size, preprocessing=pre,
+                     recipe_hash=meta.get("recipe_hash", ""))
+    source_extra = {"source": source.name, "opset": opset, "source_opset": source_opset, "batch": report.batch,
+                    "source_sha256_prefix": _sha_prefix(source)}
+    run = ExportRun(report=report, pre=pre, progress=progress, start=start, imgs=imgs, x_parity=x_parity,
+                    base_meta=base_meta, source_extra=source_extra)
+    return run, model, size, orig
 
-    def fail(message: str) -> ExportGateError:
-        report.failure = message
-        report.passed = False
-        report.seconds = round(time.time() - start, 2)
-        return ExportGateError(message, report)
 
-    with tempfile.TemporaryDirectory(prefix="facedistill-onnx-src-") as tmp:
-        fp32_path = Path(tmp) / f"{source.stem}.fp32.onnx"
-        onnx.save(model, str(fp32_path))
-        ref = run_onnx(ort_session(fp32_path), x_parity)
-        par = compare_embeddings(orig, ref, 0.9999, "worst")
-        fp32_art = ArtifactReport(precision="fp32", path=str(source), written=True, reference="source",
-                                  gate="worst cosine >= 0.9999 (prepared graph vs source)",
-                                  cosine_worst=round(par.worst, 7), cosine_mean=round(par.mean, 7),
-                                  cosine_images=par.images, passed=par.passed,
-                                  size_bytes=os.path.getsize(source))
-        report.artifacts.append(fp32_art)
-        if not par.passed:
-            raise fail(f"preparing {source} for int8 (opset conversion / dynamic batch) changed its embeddings: "
+def _fp32_gate(run: ExportRun, source: Path, fp32_path: Path, orig: np.ndarray) -> ArtifactReport:
+    """The prepared graph (opset conversion, dynamic batch) must give the source's embeddings; its
+    embeddings become the reference the int8 file is gated on."""
+    run.ref_onnx = run_onnx(ort_session(fp32_path), run.x_parity)
+    par = compare_embeddings(orig, run.ref_onnx, 0.9999, "worst")
+    fp32_art = ArtifactReport(precision="fp32", path=str(source), written=True, reference="source",
+                              gate="worst cosine >= 0.9999 (prepared graph vs source)",
+                              cosine_worst=round(par.worst, 7), cosine_mean=round(par.mean, 7),
+                              cosine_images=par.images, passed=par.passed,
+                              size_bytes=os.path.getsize(source))
+    run.report.artifacts.append(fp32_art)
+    if not par.passed:
+        raise run.fail(f"preparing {source} for int8 (opset conversion / dynamic batch) changed its embeddings: "
                        f"worst cosine {par.worst:.6f} < 0.9999; nothing was written")
-        base_meta = dict(arch=report.arch, embedding_size=report.embedding_size, preprocessing=pre,
-                         recipe_hash=meta.get("recipe_hash", ""))
-        source_extra = {"source": source.name, "opset": opset, "source_opset": source_opset, "batch": report.batch,
-                        "source_sha256_prefix": _sha_prefix(source)}
-        _say(progress, "quantizing")
-        int8_stage(report, model, fp32_path, ref, x_parity, imgs, pre, opts, base_meta, source_extra,
-                   verify=verify, min_cosine=min_cosine, max_drop=max_drop, drop_alpha=drop_alpha,
-                   keep_rejected=keep_rejected,
-                   mixed=int8_mixed, fail=fail, progress=progress, int8_path=out)
-        if latency:
-            fp32_art.latency_ms_b1 = round(quick_latency_ms(fp32_path, size, threads=latency_threads), 3)
-            fp32_art.latency_threads = latency_threads
-    if latency:
-        a8 = report.artifact("int8")
-        a8.latency_ms_b1 = round(quick_latency_ms(a8.path, size, threads=latency_threads), 3)
-        a8.latency_threads = latency_threads
-    report.passed = all(a.passed for a in report.artifacts)
-    report.seconds = round(time.time() - start, 2)
-    return report
+    return fp32_art
 
 
 def _file_opset(path: Path) -> int:

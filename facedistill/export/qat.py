@@ -339,26 +339,9 @@ def qat_finetune(model: Any, images: Any, preprocess: Callable[[np.ndarray], np.
     The activation ranges are set MinMax-style on ``calib_batches`` batches of training faces before
     training (and held fixed while it runs) and again at the end.
     """
-    import torch.nn.functional as F
-
     opts = (options or QATOptions()).validate()
-    fetch = images.images if hasattr(images, "images") else (lambda idx: np.asarray(images)[idx])
-    n = len(images)
-    n_probe = min(64, max(1, n // 8))
-    if n - n_probe < opts.batch_size:
-        raise ExportError(f"QAT needs at least {opts.batch_size + n_probe} calibration faces ({opts.batch_size} "
-                          f"per batch and {n_probe} held out), the set has {n}: pass a training set as --calib")
     rng = np.random.default_rng(opts.seed)
-    perm = rng.permutation(n)
-    probe_idx, train_idx = np.sort(perm[:n_probe]), perm[n_probe:]
-
-    def batch(idx: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
-        x = np.asarray(fetch(np.sort(idx)))
-        if flip is not None and flip.any():
-            x = x.copy()
-            x[flip] = x[flip, :, ::-1]
-        return torch.from_numpy(preprocess(x))
-
+    batch, probe_idx, train_idx = _split_faces(images, preprocess, opts, rng)
     calib_idx = train_idx[: opts.calib_batches * opts.batch_size]
     calib_batches = [calib_idx[i:i + opts.batch_size] for i in range(0, len(calib_idx), opts.batch_size)]
 
@@ -368,51 +351,14 @@ def qat_finetune(model: Any, images: Any, preprocess: Callable[[np.ndarray], np.
     torch.manual_seed(opts.seed)
     start = time.time()
     try:
-        teacher = copy.deepcopy(model).eval()
-        student = copy.deepcopy(model).eval()  # eval: BatchNorm statistics frozen, as onnxruntime folds them
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        parts = _resolve_parts(student, keep_float)
-        quantized, kept = quantized_convs(student, keep_float, input_size)
-        if not quantized:
-            raise ExportError("QAT: no conv of this model runs int8 with these --int8-keep-float parts; "
-                              "nothing to fine-tune")
-        # a float stem keeps its activation float too (find_stem_nodes in the export)
-        stem_act = _following_activation(student, kept[0]) if "stem" in parts and kept else None
-        sim = _Simulation(student, quantized, parts, opts.weight_bits,
-                          float_modules=[stem_act] if stem_act is not None else [])
+        teacher, student, sim, quantized, kept = _simulated_student(model, keep_float, input_size, opts)
         x_probe = batch(probe_idx)
         with torch.no_grad():
             ref_probe = teacher(x_probe)
         sim.calibrate(batch(idx) for idx in calib_batches)
         with torch.no_grad():
             cos_before = _mean_cosine(student(x_probe), ref_probe)
-
-        params = [p for p in student.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.steps)
-        losses = []
-        order = rng.permutation(train_idx)
-        pos = 0
-        for step in range(opts.steps):
-            if pos + opts.batch_size > len(order):
-                order, pos = rng.permutation(train_idx), 0
-            idx = order[pos:pos + opts.batch_size]
-            pos += opts.batch_size
-            flip = rng.random(len(idx)) < 0.5 if opts.flip else None
-            x = batch(idx, flip)
-            with torch.no_grad():
-                target = F.normalize(teacher(x), dim=1)
-            loss = (1.0 - (F.normalize(student(x), dim=1) * target).sum(dim=1)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            if progress:
-                progress(step + 1, opts.steps, losses[-1])
-
+        losses = _train(student, teacher, batch, train_idx, rng, opts, progress)
         sim.calibrate(batch(idx) for idx in calib_batches)  # the export recalibrates the tuned weights
         with torch.no_grad():
             cos_after = _mean_cosine(student(x_probe), ref_probe)
@@ -425,3 +371,77 @@ def qat_finetune(model: Any, images: Any, preprocess: Callable[[np.ndarray], np.
                        cosine_after=round(cos_after, 6), loss_first=round(losses[0], 6),
                        loss_last=round(float(np.mean(losses[-10:])), 6), source=source, options=asdict(opts))
     return student, result
+
+
+def _split_faces(images: Any, preprocess: Callable[[np.ndarray], np.ndarray], opts: QATOptions,
+                 rng: np.random.Generator) -> tuple[Callable[..., torch.Tensor], np.ndarray, np.ndarray]:
+    """(batch(idx, flip) -> model input, probe indices, training indices): 64 faces (or an eighth) held out."""
+    fetch = images.images if hasattr(images, "images") else (lambda idx: np.asarray(images)[idx])
+    n = len(images)
+    n_probe = min(64, max(1, n // 8))
+    if n - n_probe < opts.batch_size:
+        raise ExportError(f"QAT needs at least {opts.batch_size + n_probe} calibration faces ({opts.batch_size} "
+                          f"per batch and {n_probe} held out), the set has {n}: pass a training set as --calib")
+    perm = rng.permutation(n)
+    probe_idx, train_idx = np.sort(perm[:n_probe]), perm[n_probe:]
+
+    def batch(idx: np.ndarray, flip: np.ndarray | None = None) -> torch.Tensor:
+        x = np.asarray(fetch(np.sort(idx)))
+        if flip is not None and flip.any():
+            x = x.copy()
+            x[flip] = x[flip, :, ::-1]
+        return torch.from_numpy(preprocess(x))
+
+    return batch, probe_idx, train_idx
+
+
+def _simulated_student(model: Any, keep_float: Sequence[str], input_size: int,
+                       opts: QATOptions) -> tuple[Any, Any, "_Simulation", list[str], list[str]]:
+    """A frozen copy of ``model`` (the teacher) and a copy running its int8 simulation (the student)."""
+    teacher = copy.deepcopy(model).eval()
+    student = copy.deepcopy(model).eval()  # eval: BatchNorm statistics frozen, as onnxruntime folds them
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    parts = _resolve_parts(student, keep_float)
+    quantized, kept = quantized_convs(student, keep_float, input_size)
+    if not quantized:
+        raise ExportError("QAT: no conv of this model runs int8 with these --int8-keep-float parts; "
+                          "nothing to fine-tune")
+    # a float stem keeps its activation float too (find_stem_nodes in the export)
+    stem_act = _following_activation(student, kept[0]) if "stem" in parts and kept else None
+    sim = _Simulation(student, quantized, parts, opts.weight_bits,
+                      float_modules=[stem_act] if stem_act is not None else [])
+    return teacher, student, sim, quantized, kept
+
+
+def _train(student: Any, teacher: Any, batch: Callable[..., torch.Tensor], train_idx: np.ndarray,
+           rng: np.random.Generator, opts: QATOptions,
+           progress: Callable[[int, int, float], None] | None) -> list[float]:
+    """``opts.steps`` SGD steps on 1 - cosine to the fp32 teacher; the loss of each step."""
+    import torch.nn.functional as F
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=opts.lr, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, opts.steps)
+    losses = []
+    order = rng.permutation(train_idx)
+    pos = 0
+    for step in range(opts.steps):
+        if pos + opts.batch_size > len(order):
+            order, pos = rng.permutation(train_idx), 0
+        idx = order[pos:pos + opts.batch_size]
+        pos += opts.batch_size
+        flip = rng.random(len(idx)) < 0.5 if opts.flip else None
+        x = batch(idx, flip)
+        with torch.no_grad():
+            target = F.normalize(teacher(x), dim=1)
+        loss = (1.0 - (F.normalize(student(x), dim=1) * target).sum(dim=1)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 5.0)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if progress:
+            progress(step + 1, opts.steps, losses[-1])
+    return losses

@@ -50,7 +50,8 @@ def test_kd_ablation_tiny_runs_and_resumes(tmp_path):
             "--val-pairs", "100", "--teacher-epochs", "1", "--student-epochs", "1", "--batch-size", "8",
             "--teacher-set", "student.arch=mobilefacenet_s", "--teacher-set", "student.embedding_size=64",
             "--teacher-set", "data.workers=0", "--set", "student.embedding_size=32", "--set", "data.workers=0",
-            "--set", "loss.distill.rpsd.bank_size=16", "--set", "loss.distill.rpsd.hard_negatives=4"]
+            "--set", "loss.distill.rpsd.bank_size=16", "--set", "loss.distill.rpsd.hard_negatives=4",
+            "--set", "loss.distill.rpsd.warmup_entries=4"]
     proc = run_script("kd_ablation.py", *tiny, "--json", str(out))
     assert "KD ablation" in proc.stdout
     for row in ("teacher", "none", "unified"):

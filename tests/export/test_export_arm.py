@@ -16,7 +16,7 @@ from facedistill.bench.arm import find_arm_python, verify_arm
 from facedistill.bench.latency import BenchmarkError
 from facedistill.data.preprocessing import Preprocessing
 from facedistill.export import Int8Options, export_model, quantize_int8
-from facedistill.export.quantize import search_mixed_precision
+from facedistill.export.mixed_precision import search_mixed_precision
 
 
 def _emulator_or_skip():

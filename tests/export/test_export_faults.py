@@ -10,7 +10,7 @@ import torch
 
 from facedistill.errors import CheckpointError, ExportError, FaceDistillError
 from facedistill.export import export_model, sibling_path
-from facedistill.export import onnx_export
+from facedistill.export import files, onnx_export
 
 
 def _only(folder) -> list[str]:
@@ -66,7 +66,7 @@ def test_unwritable_output_folder(tiny, tmp_path, monkeypatch):
 
 
 def test_disk_full_during_write_leaves_nothing(tiny, tmp_path, monkeypatch):
-    real = onnx_export._write_model_file
+    real = files.write_model_file
 
     def half_then_enospc(model, path):
         data = model.SerializeToString()
@@ -74,12 +74,12 @@ def test_disk_full_during_write_leaves_nothing(tiny, tmp_path, monkeypatch):
             f.write(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(onnx_export, "_write_model_file", half_then_enospc)
+    monkeypatch.setattr(files, "write_model_file", half_then_enospc)
     out = tmp_path / "student.onnx"
     with pytest.raises(ExportError, match="no space left"):
         export_model(None, out, loaded=tiny, latency=False)
     assert _only(tmp_path) == []  # neither the final name nor a partial file
-    monkeypatch.setattr(onnx_export, "_write_model_file", real)
+    monkeypatch.setattr(files, "write_model_file", real)
 
 
 def test_failure_keeps_previous_good_file(tiny, broken, tmp_path):

@@ -289,7 +289,7 @@ def test_calibration_images_spread_over_identities():
 
 
 def test_mixed_precision_keeps_the_most_damaging_layers_float(tiny_export, faces, tmp_path):
-    from facedistill.export.quantize import layer_sensitivity, quantizable_layers, search_mixed_precision
+    from facedistill.export.mixed_precision import layer_sensitivity, quantizable_layers, search_mixed_precision
 
     path, _ = tiny_export
     calib = Preprocessing().apply(faces[:24])
