@@ -424,7 +424,7 @@ def student(
     """
     from facedistill.cli.evaluate import _channels
     from facedistill.data.preprocessing import Preprocessing
-    from facedistill.models.onnx_import import save_imported_start
+    from facedistill.models.checkpoints import save_imported_start
 
     given = None
     if mean is not None or std is not None or bgr is not None:

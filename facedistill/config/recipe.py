@@ -393,7 +393,8 @@ def _validate_student_input(s: StudentConfig, where: str, check_files: bool) -> 
     if not check_files or not s.checkpoint:
         return
     from facedistill.errors import FaceDistillError
-    from facedistill.models.checkpoints import recorded_preprocessing, same_preprocessing
+    from facedistill.data.preprocessing import same_preprocessing
+    from facedistill.models.checkpoints import recorded_preprocessing
     from facedistill.models.onnx_import import import_onnx_backbone, is_onnx_file
 
     if not Path(s.checkpoint).exists():

@@ -152,3 +152,14 @@ class Preprocessing:
         if isinstance(std, tuple):
             std = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+
+def _per_channel(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
+
+
+def same_preprocessing(a: "Preprocessing", b: "Preprocessing") -> bool:
+    """Equal normalisation (127.5 and [127.5, 127.5, 127.5] are the same), channel order and size."""
+    close = all(abs(x - y) <= 1e-4 for x, y in zip(_per_channel(a.mean) + _per_channel(a.std),
+                                                   _per_channel(b.mean) + _per_channel(b.std)))
+    return close and a.channel_order == b.channel_order and a.input_size == b.input_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+import os
 from typing import Any
 
 from facedistill.data.preprocessing import Preprocessing
@@ -50,17 +51,6 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if path.name == STUDENT_FILE and sidecar.is_file():
         summary = json.loads(sidecar.read_text())
     return path, summary
-
-
-def _per_channel(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value) if isinstance(value, (list, tuple)) else (float(value),) * 3
-
-
-def same_preprocessing(a: Preprocessing, b: Preprocessing) -> bool:
-    """Equal normalisation (127.5 and [127.5, 127.5, 127.5] are the same), channel order and size."""
-    close = all(abs(x - y) <= 1e-4 for x, y in zip(_per_channel(a.mean) + _per_channel(a.std),
-                                                   _per_channel(b.mean) + _per_channel(b.std)))
-    return close and a.channel_order == b.channel_order and a.input_size == b.input_size
 
 
 def recorded_preprocessing(path: str | Path) -> tuple[Preprocessing | None, str]:
@@ -112,3 +102,42 @@ def load_backbone(path: str | Path, arch: str | None = None, embedding_size: int
     pre = Preprocessing(**summary["preprocessing"]) if "preprocessing" in summary else Preprocessing()
     return LoadedBackbone(model=model, arch=arch, embedding_size=int(embedding_size), source=ckpt,
                           preprocessing=pre, recipe_hash=summary.get("recipe_hash", ""), info=summary)
+
+
+def save_imported_start(path: str | os.PathLike, out: str | os.PathLike, arch: str | None = None,
+                        embedding_size: int | None = None, preprocessing: Preprocessing | None = None,
+                        threads: int | None = 1) -> dict[str, Any]:
+    """Import an ONNX face model and write it as a run folder (``student.pt`` + ``summary.json``).
+
+    The folder is what ``facedistill evaluate`` / ``export`` and a recipe's ``student.checkpoint``
+    read, with the preprocessing recorded in the summary, so nothing downstream has to be told it
+    again. Returns the summary (arch, layers matched, the probe cosine against onnxruntime).
+    """
+    import torch
+
+    from facedistill.models.onnx_import import import_onnx_backbone, resolve_start_preprocessing
+    from facedistill.models.registry import count_parameters
+    from facedistill.utils.atomic import atomic_path, write_json_atomic
+
+    imported = import_onnx_backbone(path, arch=arch, embedding_size=embedding_size, threads=threads)
+    pre = resolve_start_preprocessing(path, preprocessing, imported.preprocessing)
+    if pre.input_size != imported.input_size:
+        pre = Preprocessing(pre.mean, pre.std, pre.channel_order, imported.input_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / STUDENT_FILE) as tmp:
+        torch.save(imported.model.state_dict(), tmp)
+    summary = {
+        "name": out.name,
+        "run_dir": str(out),
+        "student": {"arch": imported.arch, "embedding_size": imported.embedding_size,
+                    "parameters": count_parameters(imported.model),
+                    "size_mb": round((out / STUDENT_FILE).stat().st_size / 1e6, 3)},
+        "preprocessing": pre.to_dict(),
+        "imported_from": {"onnx": str(Path(path).resolve()), "sha256": imported.info["onnx_sha256"],
+                          "layers_matched": imported.layers, "residual_adds": imported.residual_adds,
+                          "probe_min_cosine": imported.probe_min_cosine,
+                          "preprocessing_source": "metadata" if imported.preprocessing is not None else "given"},
+    }
+    write_json_atomic(out / SUMMARY_FILE, summary)
+    return summary

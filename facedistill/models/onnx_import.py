@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from facedistill.data.preprocessing import Preprocessing
+from facedistill.data.preprocessing import Preprocessing, same_preprocessing
 from facedistill.errors import CheckpointError
 
 __all__ = ["OnnxImport", "PARITY_MIN_COSINE", "import_onnx_backbone", "is_onnx_file", "onnx_parity",
@@ -596,48 +596,9 @@ def resolve_start_preprocessing(path: str | os.PathLike, given: Preprocessing | 
             "PaddleX/insightface 127.5 / 127.5, ImageNet-normalised RGB mean 123.675,116.28,103.53 std "
             "58.395,57.12,57.375")
     if recorded is not None and given is not None:
-        from facedistill.models.checkpoints import same_preprocessing
-
         if not same_preprocessing(recorded, dataclasses.replace(given, input_size=recorded.input_size)):
             raise CheckpointError(f"{path}: its metadata records {recorded.to_dict()}, not the given {given.to_dict()}")
     return recorded or given  # type: ignore[return-value]
-
-
-def save_imported_start(path: str | os.PathLike, out: str | os.PathLike, arch: str | None = None,
-                        embedding_size: int | None = None, preprocessing: Preprocessing | None = None,
-                        threads: int | None = 1) -> dict[str, Any]:
-    """Import an ONNX face model and write it as a run folder (``student.pt`` + ``summary.json``).
-
-    The folder is what ``facedistill evaluate`` / ``export`` and a recipe's ``student.checkpoint``
-    read, with the preprocessing recorded in the summary, so nothing downstream has to be told it
-    again. Returns the summary (arch, layers matched, the probe cosine against onnxruntime).
-    """
-    from facedistill.models.checkpoints import STUDENT_FILE, SUMMARY_FILE
-    from facedistill.models.registry import count_parameters
-    from facedistill.utils.atomic import atomic_path, write_json_atomic
-
-    imported = import_onnx_backbone(path, arch=arch, embedding_size=embedding_size, threads=threads)
-    pre = resolve_start_preprocessing(path, preprocessing, imported.preprocessing)
-    if pre.input_size != imported.input_size:
-        pre = Preprocessing(pre.mean, pre.std, pre.channel_order, imported.input_size)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / STUDENT_FILE) as tmp:
-        torch.save(imported.model.state_dict(), tmp)
-    summary = {
-        "name": out.name,
-        "run_dir": str(out),
-        "student": {"arch": imported.arch, "embedding_size": imported.embedding_size,
-                    "parameters": count_parameters(imported.model),
-                    "size_mb": round((out / STUDENT_FILE).stat().st_size / 1e6, 3)},
-        "preprocessing": pre.to_dict(),
-        "imported_from": {"onnx": str(Path(path).resolve()), "sha256": imported.info["onnx_sha256"],
-                          "layers_matched": imported.layers, "residual_adds": imported.residual_adds,
-                          "probe_min_cosine": imported.probe_min_cosine,
-                          "preprocessing_source": "metadata" if imported.preprocessing is not None else "given"},
-    }
-    write_json_atomic(out / SUMMARY_FILE, summary)
-    return summary
 
 
 @torch.no_grad()
