@@ -25,7 +25,7 @@ def test_quickstart_tiny_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "qs.json").read_text())
     assert [m["model"] for m in summary["models"]] == ["teacher", "student (none)", "student (unified)"]
-    assert summary["models"][1]["arch"] == summary["models"][2]["arch"] == "mobilefacenet_s_relu6"
+    assert summary["models"][1]["arch"] == summary["models"][2]["arch"] == "mobilefacenet_s_leaky"
     for m in summary["models"]:
         assert 0.0 <= m["accuracy"] <= 1.0
     files = {e["file"]: e for e in summary["exports"]}

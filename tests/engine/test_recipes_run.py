@@ -29,7 +29,8 @@ def test_quickstart_recipe_trains(kind, tmp_path, tiny_synthetic, teacher):
         f"output_dir={tmp_path}", f"data.train={tiny_synthetic / 'train'}", "data.val=null",
         "data.batch_size=8", "data.workers=0", f"teacher.checkpoint={teacher}", "teacher.embedding_size=48",
         "student.embedding_size=16", "train.max_steps=3", "train.threads=1", "train.precise_bn_images=16",
-        "loss.distill.rpsd.bank_size=16", "loss.distill.rpsd.hard_negatives=4"])
+        "loss.distill.rpsd.bank_size=16", "loss.distill.rpsd.hard_negatives=4",
+        "loss.distill.rpsd.warmup_entries=4"])
     result = train(recipe)
     assert result.summary["loss"]["distill"] == kind and result.summary["steps"] == 3
     assert (result.run_dir / "student.pt").is_file()
