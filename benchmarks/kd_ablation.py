@@ -2,7 +2,7 @@
 
 Claim: how each distillation objective compares with the margin loss alone (``none``) for the same student,
 data, budget and seeds.
-Its figure (docs/results.md, "Synthetic faces (benchmarks/kd_ablation.py)") comes from::
+Its figure (docs/results.md, "Synthetic faces") comes from::
 
     OMP_NUM_THREADS=1 python benchmarks/kd_ablation.py --workdir /tmp/abl3 --seeds 0,1,2 \
         --set train.threads=1 --set data.workers=0 --teacher-set train.threads=1 \
