@@ -101,7 +101,7 @@ class OnnxTeacher:
             from facedistill.utils.onnx_repair import with_dynamic_batch
 
             size = dim0[2].dim_value if len(dim0) > 2 and dim0[2].HasField("dim_value") else preprocessing.input_size
-            dynamic = with_dynamic_batch(model, int(size), threads)
+            dynamic = with_dynamic_batch(model, int(size), threads, rtol=1e-4, atol=1e-5)
             if dynamic is not None:  # same embedding per image, one call per batch
                 model, self.batched = dynamic, True
         options = ort.SessionOptions()

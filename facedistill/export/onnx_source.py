@@ -33,6 +33,7 @@ import numpy as np
 
 from facedistill.data.preprocessing import Preprocessing
 from facedistill.errors import ExportError
+from facedistill.utils.onnx_repair import with_dynamic_batch
 from facedistill.export.files import check_writable
 from facedistill.export.gates import INT8_DROP_ALPHA, INT8_MAX_ACCURACY_DROP, INT8_MIN_MEAN_COSINE
 from facedistill.export.graph_parts import graph_opset
@@ -100,13 +101,8 @@ def load_onnx_source(path: str | os.PathLike, notes: list[str]) -> tuple[Any, in
     inp, out = _one_io(model, path)
     if inp.type.tensor_type.shape.dim[0].HasField("dim_value"):
         fixed = inp.type.tensor_type.shape.dim[0].dim_value
-        trial = onnx.ModelProto()
-        trial.CopyFrom(model)
-        for t in (trial.graph.input[[i.name for i in trial.graph.input].index(inp.name)], trial.graph.output[0]):
-            if len(t.type.tensor_type.shape.dim):
-                t.type.tensor_type.shape.dim[0].dim_param = "batch"
-        del trial.graph.value_info[:]
-        if _batch_works(trial, size):
+        trial = with_dynamic_batch(model, int(size))
+        if trial is not None:
             model = trial
             notes.append(f"source batch axis fixed at {fixed}: made dynamic (same embeddings per image)")
         else:
@@ -130,22 +126,6 @@ def _convert_opset(model: Any, opset: int, path: Path) -> Any:
                           f"not take it to {CONVERT_TO_OPSET} ({type(e).__name__}: {first}). Re-export the model "
                           f"at an opset from {MIN_INT8_OPSET} to {MAX_INT8_OPSET} and quantize that file") from e
     return converted
-
-
-def _batch_works(model: Any, size: int) -> bool:
-    import onnxruntime as ort
-
-    try:
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).uniform(0, 1, (3, 3, size, size)).astype(np.float32)
-        name = sess.get_inputs()[0].name
-        y = np.asarray(sess.run(None, {name: x})[0])
-        y1 = np.concatenate([np.asarray(sess.run(None, {name: x[i:i + 1]})[0]) for i in range(3)])
-        return y.shape[0] == 3 and bool(np.allclose(y, y1, rtol=1e-3, atol=1e-4))
-    except Exception:
-        return False
 
 
 def export_onnx_int8(source: str | os.PathLike, out: str | os.PathLike, *, calib: str | os.PathLike | None,
