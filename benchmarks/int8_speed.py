@@ -24,6 +24,8 @@ Graphs (``--arch`` width, random weights with BatchNorm statistics set on real f
 * ``relu6 fp32``      the ReLU6 variant (``<arch>_relu6``), Conv+Clip fused
 * ``relu6 int8 all``  every conv int8 (``--int8-keep-float stem,head``)
 * ``relu6 int8 none`` every node int8 (``--int8-keep-float none``: anchors quantized too)
+* ``early fp32`` / ``early int8 all``  ReLU6 at 56x56 and 28x28, LeakyReLU from 14x14 on
+                      (``<arch>_relu6_early``, where registered)
 
 Usage::
 
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from facedistill.export.onnx_export import spread_over_identities, torch_to_onnx
     from facedistill.export.quantize import Int8Options, optimized_op_counts, quantize_int8, rewrite_prelu
     from facedistill.models.checkpoints import load_backbone
-    from facedistill.models.registry import create_backbone
+    from facedistill.models.registry import create_backbone, list_backbones
 
     torch.set_num_threads(1)
     tmp = tempfile.TemporaryDirectory(prefix="int8-speed-")
@@ -153,8 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         leaky_net = settle(create_backbone(f"{arch}_leaky", emb), faces)
 
+    nets = [("prelu", prelu_net), ("leaky", leaky_net), ("relu6", relu6_net)]
+    if f"{arch}_relu6_early" in list_backbones():  # ReLU6 at 56x56/28x28, LeakyReLU from 14x14 on
+        nets.append(("early", settle(create_backbone(f"{arch}_relu6_early", emb), faces)))
     paths: dict[str, str] = {}
-    for tag, net in (("prelu", prelu_net), ("leaky", leaky_net), ("relu6", relu6_net)):
+    for tag, net in nets:
         proto = torch_to_onnx(net, opset=17)
         src = out / f"{tag}.fp32.raw.onnx"
         onnx.save(proto, str(src))
@@ -164,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         onnx.save(fast, str(out / f"{tag}.fp32.onnx"))
         paths[f"{tag} fp32"] = str(out / f"{tag}.fp32.onnx")
         variants = {"all": (("stem", "head"), "fused"), "none": ((), "fused")} if tag == "relu6" else \
-            {"all": ((), "fused")} if tag == "leaky" else \
+            {"all": ((), "fused")} if tag in ("leaky", "early") else \
             {"dflt": (Int8Options().keep_float, "fused"), "all lin": (("stem", "head"), "linear"),
              "all": (("stem", "head"), "fused")}
         for name, (keep, mode) in variants.items():

@@ -30,6 +30,13 @@ ConvBlock. That is foamliu/MobileFaceNet's layout (its ``dw_conv``, a DepthwiseS
 ``scale=1``, ReLU6 elsewhere and a 128-d head it is the public ReLU6 model's graph, so that model's
 weights import into it (:mod:`facedistill.models.onnx_import`). Everything after the stem keeps
 arcface_torch's names.
+
+``early_activation``: the activation of the stem and of every layer whose convolutions run at 56x56 or
+28x28 (``layers.0`` .. ``layers.4``); ``activation`` is then used from the 14x14 stage on
+(``layers.5`` .. ``layers.7``, ``conv_sep``). Those early layers hold about 70% of the activation
+elements of a 112x112 face, so ReLU6 there with LeakyReLU late removes most of int8's per-element
+LeakyReLU table lookups while the low-resolution layers, where the identity is decided, keep the
+leaky slope (docs/results.md, "int8 speed").
 """
 
 from __future__ import annotations
@@ -201,18 +208,21 @@ class MobileFaceNet(nn.Module):
         activation: str = "prelu",
         stem: str = "depthwise",
         stem_activation: str | None = None,
+        early_activation: str | None = None,
     ) -> None:
         super().__init__()
         if stem not in STEMS:
             raise ValueError(f"MobileFaceNet stem must be one of {', '.join(STEMS)}, got {stem!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"MobileFaceNet activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+        for kind in (activation, early_activation or activation):
+            if kind not in ACTIVATIONS:
+                raise ValueError(f"MobileFaceNet activation must be one of {', '.join(ACTIVATIONS)}, got {kind!r}")
         if len(blocks) != 4:
             raise ValueError(f"MobileFaceNet needs 4 block counts, got {tuple(blocks)}")
         del fp16
         self.scale = scale
         self.activation = activation
-        act = activation
+        self.early_activation = early_activation or activation
+        act, late = self.early_activation, activation
         c1, c2 = 64 * scale, 128 * scale
         self.layers = nn.ModuleList()
         self.layers.append(ConvBlock(3, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), activation=act))
@@ -228,12 +238,12 @@ class MobileFaceNet(nn.Module):
                 DepthWise(c1, c1, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=128, activation=act),
                 Residual(c1, num_block=blocks[1], groups=128, activation=act),
                 DepthWise(c1, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=256, activation=act),
-                Residual(c2, num_block=blocks[2], groups=256, activation=act),
-                DepthWise(c2, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=512, activation=act),
-                Residual(c2, num_block=blocks[3], groups=256, activation=act),
+                Residual(c2, num_block=blocks[2], groups=256, activation=late),
+                DepthWise(c2, c2, kernel=(3, 3), stride=(2, 2), padding=(1, 1), groups=512, activation=late),
+                Residual(c2, num_block=blocks[3], groups=256, activation=late),
             ]
         )
-        self.conv_sep = ConvBlock(c2, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0), activation=act)
+        self.conv_sep = ConvBlock(c2, 512, kernel=(1, 1), stride=(1, 1), padding=(0, 0), activation=late)
         self.features = GDC(num_features)
         self._initialize_weights()
 
@@ -262,9 +272,11 @@ def get_mbf(
     activation: str = "prelu",
     stem: str = "depthwise",
     stem_activation: str | None = None,
+    early_activation: str | None = None,
 ) -> MobileFaceNet:
     """arcface_torch's ``get_mbf`` (its ``mbf`` config); embedding size ``num_features``.
 
-    ``stem``/``stem_activation``: see the module docstring (``separable`` is foamliu's layout)."""
+    ``stem``/``stem_activation``/``early_activation``: see the module docstring (``separable`` is
+    foamliu's layout)."""
     return MobileFaceNet(fp16, num_features, blocks, scale=scale, activation=activation, stem=stem,
-                         stem_activation=stem_activation)
+                         stem_activation=stem_activation, early_activation=early_activation)

@@ -53,6 +53,11 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
                                                          stem_activation="relu"),
     "mobilefacenet_leaky": lambda emb: get_mbf(False, emb, activation="leaky"),
     "mobilefacenet_s_leaky": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1, activation="leaky"),
+    # ReLU6 at 56x56 and 28x28 (about 70% of the activation elements), LeakyReLU(0.25) from 14x14 on:
+    # most of int8's LeakyReLU lookups go while the late layers keep the leaky slope. Same parameter
+    # names and state-dict shapes as the two above: load raw weights with --arch.
+    "mobilefacenet_s_relu6_early": lambda emb: get_mbf(False, emb, blocks=(1, 4, 6, 2), scale=1,
+                                                       activation="leaky", early_activation="relu6"),
 }
 
 # arcface_torch's config names (``network = "r50"``) map to the canonical names.

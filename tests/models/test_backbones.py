@@ -306,3 +306,25 @@ def test_mobilefacenet_leaky_variant() -> None:
     x = torch.randn(2, 3, 112, 112)
     with torch.no_grad():
         torch.testing.assert_close(leaky(x), prelu(x), rtol=1e-4, atol=1e-4)
+
+
+def test_mobilefacenet_relu6_early_variant() -> None:
+    """ReLU6 in every layer that runs at 56x56 or 28x28 (layers.0-4), LeakyReLU(0.25) from the 14x14
+    stage on (layers.5-7, conv_sep): the same weights as the leaky student, so a leaky run's state dict
+    loads into it."""
+    from facedistill.models.mobilefacenet import get_mbf
+
+    early = create_backbone("mobilefacenet_s_relu6_early", embedding_size=8).eval()
+    leaky = create_backbone("mobilefacenet_s_leaky", embedding_size=8).eval()
+    assert set(early.state_dict()) == set(leaky.state_dict())
+    kinds = {i: {type(m) for m in layer.modules() if isinstance(m, (torch.nn.ReLU6, torch.nn.LeakyReLU))}
+             for i, layer in enumerate(early.layers)}
+    assert all(kinds[i] == {torch.nn.ReLU6} for i in range(5))
+    assert all(kinds[i] == {torch.nn.LeakyReLU} for i in range(5, 8))
+    assert isinstance(early.conv_sep.layers[2], torch.nn.LeakyReLU)
+    counts = [sum(isinstance(m, t) for m in early.modules()) for t in (torch.nn.ReLU6, torch.nn.LeakyReLU)]
+    assert counts == [14, 19]  # 33 activations, as in the original
+    with torch.no_grad():
+        assert early(torch.randn(2, 3, 112, 112)).shape == (2, 8)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        get_mbf(early_activation="swish")
