@@ -169,6 +169,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]  # and these
     del old["student"]["leaky_anneal_from"]
+    del old["teachers"]  # a list of several teachers, added later too
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     bf16 = load_recipe(write(tmp_path, "b.yaml", {"train": {"precision": "bf16"}, "loss": {"distill": {"type": "none"}}}))
@@ -203,7 +204,7 @@ def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
     del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]
-    del old["student"]["leaky_anneal_from"]  # added later still
+    del old["student"]["leaky_anneal_from"], old["teachers"]  # added later still
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     on = load_recipe(write(tmp_path, "b.yaml", {"data": {"augment": {"enabled": True}},
