@@ -225,7 +225,7 @@ class Recipe:
             *parents, key = dotted.split(".")
             section = data
             for part in parents:
-                section = section.get(part, {})
+                section = section.get(part) or {}
             if key in section and section[key] == neutral:
                 del section[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
