@@ -84,25 +84,33 @@ def test_each_teacher_keeps_its_cache_and_a_second_run_reuses_them(tmp_path, tin
     assert again.summary["teacher"]["fingerprint"] != s["teacher"]["fingerprint"]
 
 
-def test_the_target_is_the_joint_embedding_of_the_members(tmp_path, tiny_synthetic, two_teachers):
-    """Cached or online, the step's target is each member's L2-normalised embedding times sqrt(w / sum w)."""
-    for online in (False, True):
-        teachers = [dict(t, online=True) for t in two_teachers] if online else two_teachers
-        trainer = Trainer(load_recipe(make_recipe(tmp_path, tiny_synthetic, f"target-{online}", teachers)))
-        trainer.build(resume=False)
-        assert (trainer.teacher_cache is None) == online
-        index = torch.tensor([0, 3, 9, 31])
-        images = torch.from_numpy(trainer.train_set.images(index.numpy())).permute(0, 3, 1, 2)
-        trainer.step = 1
-        batch = trainer.prepare_batch(images, torch.zeros(4, dtype=torch.long), index)
-        shown, _ = trainer.augment(images, index)
-        expected = joint_embedding([m(shown) for m in trainer.members], [2.0, 1.0])
-        torch.testing.assert_close(batch.teacher_emb, expected, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(batch.teacher_emb.norm(dim=1), torch.ones(4))
-        # the cosine of two targets is the weighted mean of the teachers' cosines
-        units = [torch.nn.functional.normalize(m(shown), dim=1) for m in trainer.members]
-        cos = [float(u[0] @ u[1]) for u in units]
-        assert float(batch.teacher_emb[0] @ batch.teacher_emb[1]) == pytest.approx((2 * cos[0] + cos[1]) / 3, abs=1e-5)
+@pytest.mark.parametrize("mode", ["flips", "views", "online"])
+def test_the_target_is_the_joint_embedding_of_the_members(tmp_path, tiny_synthetic, two_teachers, mode):
+    """Cached (flips, or K augmented views per teacher) or online, the step's target is each member's
+    L2-normalised embedding of exactly the shown image times sqrt(w / sum w)."""
+    first = {"flips": {}, "views": {"views": 3}, "online": {"online": True}}[mode]
+    teachers = [dict(two_teachers[0], **first), two_teachers[1]]  # the second takes the shared keys from [0]
+    over = {"data.augment": {"enabled": True, "jpeg": 0.5}} if mode != "flips" else {}
+    before = cache_files(tiny_synthetic / "train")
+    trainer = Trainer(load_recipe(make_recipe(tmp_path, tiny_synthetic, f"target-{mode}", teachers, **over)))
+    trainer.build(resume=False)
+    assert (trainer.teacher_cache is None) == (mode == "online")
+    if mode == "views":  # one K-view cache per teacher, under its own fingerprint
+        assert trainer.teacher_cache.shape == (32, 3, 96)
+        views = {p.name.split("-views3-")[0] for p in cache_files(tiny_synthetic / "train") - before}
+        assert views == {m.fingerprint for m in trainer.members}
+    index = torch.tensor([0, 3, 9, 31])
+    images = torch.from_numpy(trainer.train_set.images(index.numpy())).permute(0, 3, 1, 2)
+    trainer.step = 1
+    batch = trainer.prepare_batch(images, torch.zeros(4, dtype=torch.long), index)
+    shown, _ = trainer.augment(images, index)
+    expected = joint_embedding([m(shown) for m in trainer.members], [2.0, 1.0])
+    torch.testing.assert_close(batch.teacher_emb, expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batch.teacher_emb.norm(dim=1), torch.ones(4))
+    # the cosine of two targets is the weighted mean of the teachers' cosines
+    units = [torch.nn.functional.normalize(m(shown), dim=1) for m in trainer.members]
+    cos = [float(u[0] @ u[1]) for u in units]
+    assert float(batch.teacher_emb[0] @ batch.teacher_emb[1]) == pytest.approx((2 * cos[0] + cos[1]) / 3, abs=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["l2", "cosine", "iled", "rpsd", "unified", "rkd", "sp"])
