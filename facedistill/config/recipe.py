@@ -186,6 +186,13 @@ class Recipe:
         return self.teachers[0] if self.teachers else (self.teacher or TeacherConfig())
 
     @property
+    def keyed_teachers(self) -> list[tuple[str, TeacherConfig]]:
+        """(key, section) of each teacher section as written: ``teacher``, or ``teachers[i]`` of the list."""
+        if self.teachers:
+            return [(f"teachers[{i}]", t) for i, t in enumerate(self.teachers)]
+        return [("teacher", self.teacher or TeacherConfig())]
+
+    @property
     def teacher_key(self) -> str:
         """Where :attr:`teacher_settings` is written, for messages: ``teacher`` or ``teachers[0]``."""
         return "teachers[0]" if self.teachers else "teacher"
@@ -284,7 +291,7 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
     if o.grad_clip is not None and o.grad_clip <= 0:
         raise RecipeError(f"{where}: `optim.grad_clip` must be positive or null")
     if check_files:
-        for key, t in _keyed_teachers(recipe):
+        for key, t in recipe.keyed_teachers:
             teacher_rules.check_files(t, key, where)
     tr = recipe.train
     _choice(tr.device, ("auto", "cpu", "cuda"), "train.device", where)
@@ -309,18 +316,11 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `train.checkpoint_every`/`log_every` must be >= 1, `eval_every` >= -1")
 
 
-def _keyed_teachers(recipe: Recipe) -> list[tuple[str, TeacherConfig]]:
-    """(key, section) of every teacher section written, ``teacher`` or ``teachers[i]``."""
-    if recipe.teachers:
-        return [(f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]
-    return [("teacher", recipe.teacher or TeacherConfig())]
-
-
 def _validate_teachers(recipe: Recipe, where: str, aliases: tuple[str, ...]) -> None:
     """Each teacher (config/teachers.py), the shared keys, and how they meet ``data.augment``."""
     if recipe.teachers and recipe.teacher is not None:
         raise RecipeError(f"{where}: `teacher` and `teachers` are both given; keep one")
-    for key, t in _keyed_teachers(recipe):
+    for key, t in recipe.keyed_teachers:
         teacher_rules.validate_teacher(t, key, where, aliases)
     teacher_rules.validate_list(recipe.teachers, where)
     t, key = recipe.teacher_settings, recipe.teacher_key

@@ -197,15 +197,15 @@ class Trainer:
         self.members: list[Any] = []
         if cfg.loss.distill.type == "none" or not cfg.teacher_sections:
             return
-        keys = [f"teachers[{i}]" for i in range(len(cfg.teachers))] if cfg.teachers else ["teacher"]
         self.members = [build_teacher(t, self.device, threads=cfg.train.threads, key=k)
-                        for k, t in zip(keys, cfg.teacher_sections)]
+                        for k, t in cfg.keyed_teachers]
         weights = [t.weight for t in cfg.teachers]
         self.teacher = JointTeacher(self.members, weights) if cfg.teachers else self.members[0]
         settings = cfg.teacher_settings
         if not settings.cache or settings.online:
             return
-        caches = [self.cache_of_teacher(m, t, len(self.members) > 1) for m, t in zip(self.members, cfg.teacher_sections)]
+        caches = [self.cache_of_teacher(m, t, named=len(self.members) > 1)
+                  for m, t in zip(self.members, cfg.teacher_sections)]
         self.teacher_cache = JointRows(caches, weights) if cfg.teachers else caches[0]
 
     def cache_of_teacher(self, teacher: Any, section: Any, named: bool = False) -> Any:
