@@ -42,13 +42,6 @@ class JointTeacher:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return joint_embedding([m(images).cpu() for m in self.members], self.weights)
 
-    def eval(self) -> None:
-        """Keep torch members in eval mode (the trainer calls this before its loop)."""
-        for m in self.members:
-            model = getattr(m, "model", None)
-            if isinstance(model, torch.nn.Module):
-                model.eval()
-
 
 class JointRows:
     """Per-teacher caches read as one: ``rows[index, views]`` -> (B, sum D) float32 joint targets.
