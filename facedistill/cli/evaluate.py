@@ -200,7 +200,7 @@ def evaluate_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for inference (default: all cores)."),
     ensemble: bool = typer.Option(False, "--ensemble", help="Also score all MODELs together: concatenated "
                                   "L2-normalised embeddings (what the teachers are worth jointly)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="--ensemble: one weight per MODEL, e.g. 1,1,0.5."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="--ensemble: one weight per MODEL, e.g. 1,1,0.5: its share of the joint cosine (as in a recipe's `teachers`)."),
     reference: Optional[str] = typer.Option(None, "--reference", metavar="NAME_OR_INDEX",
                                             help="Row the others are compared with pair by pair (won / lost, "
                                                  "two-sided McNemar p, 'a tie' where p > 0.05): a MODEL as given or "

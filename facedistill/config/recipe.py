@@ -1,6 +1,7 @@
 """Recipes: YAML files that say what to train, as data (torchdistill's shape, none of its code tags).
 
-A recipe has the sections ``data``, ``student``, ``teacher``, ``loss``, ``optim`` and ``train``.
+A recipe has the sections ``data``, ``student``, ``teacher`` (or ``teachers``, a list distilled as
+one joint teacher: config/teachers.py), ``loss``, ``optim`` and ``train``.
 ``extends: base.yaml`` (relative to the file) merges a base recipe under this one, so the unified
 method and each baseline differ only in their ``loss`` block. Command-line overrides
 (``--set train.epochs=3``) apply last. YAML is read with ``yaml.safe_load`` only: a recipe cannot
@@ -9,7 +10,6 @@ run code.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -18,7 +18,9 @@ from typing import Any, List, Optional, Union
 
 import yaml
 
-from facedistill.config.schema import deep_merge, from_dict, to_dict
+from facedistill.config import teachers as teacher_rules
+from facedistill.config.schema import choice, deep_merge, from_dict, to_dict
+from facedistill.config.teachers import TeacherConfig, TeacherEntry, share_settings
 from facedistill.data.augment import AugmentConfig
 from facedistill.errors import RecipeError
 from facedistill.losses.config import DistillConfig
@@ -79,31 +81,6 @@ class StudentConfig:
     # the plain ReLU/ReLU6 network (all-int8 on export) after a leaky start (models/activations.py).
     # null: plain ReLU/ReLU6 from the first step.
     leaky_anneal_from: Optional[float] = None
-
-
-@dataclass
-class TeacherConfig:
-    """A frozen teacher: a torch backbone with a checkpoint, or any ONNX face model."""
-
-    type: str = "none"  # none | torch | onnx
-    arch: Optional[str] = None  # torch: backbone name (inferred from the checkpoint when omitted)
-    checkpoint: Optional[str] = None  # torch: state dict, arcface_torch model.pt or a run folder
-    onnx: Optional[str] = None  # onnx: model path
-    embedding_size: Optional[int] = None  # read from the model when omitted
-    # one value for all channels or three in the model's channel order, pixel scale 0..255
-    # (ImageNet-normalised models: mean [123.675, 116.28, 103.53], std [58.395, 57.12, 57.375])
-    mean: Union[float, List[float]] = 127.5
-    std: Union[float, List[float]] = 127.5
-    channel_order: str = "RGB"  # RGB | BGR
-    input_size: int = 112
-    cache: bool = True  # compute embeddings once per (image, flip) and reuse them across runs
-    batch_size: int = 64
-    # With `data.augment` on: K cached views per image (view 0 the plain image), each step picks one
-    # per sample. 1 = the plain cache of (image, flip) used without augmentation.
-    views: int = 1
-    online: bool = False  # the teacher embeds every (freshly augmented) batch; no cache
-    cache_dtype: str = "float32"  # float32 | float16 (half the file; targets rounded to fp16)
-    cache_workers: int = 1  # processes that build the cache's shards (each with threads / workers)
 
 
 @dataclass
@@ -168,7 +145,10 @@ HASH_NEUTRAL: dict[str, Any] = {
     "student.mean": None,  # unset: the checkpoint's or arcface_torch's preprocessing, as before
     "student.std": None,
     "student.channel_order": None,
+    "teachers": [],  # one `teacher:` section, as every recipe had before the list
 }
+
+__all__ = ["Recipe", "TeacherConfig", "TeacherEntry", "load_recipe", "recipe_from_dict", "validate"]
 
 
 @dataclass
@@ -177,12 +157,45 @@ class Recipe:
     output_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    # one teacher, or (``teachers``) several as one joint teacher; None only beside a ``teachers`` list
+    teacher: TeacherConfig | None = field(default_factory=TeacherConfig)
+    teachers: list[TeacherEntry] = field(default_factory=list)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     source: str = field(default="", repr=False, compare=False, metadata={"internal": True})
+
+    def __post_init__(self) -> None:
+        if self.teachers and self.teacher == TeacherConfig():
+            self.teacher = None  # a list given in Python beside the default section
+        elif self.teacher is None and not self.teachers:
+            self.teacher = TeacherConfig()  # `teacher: null` alone: no teacher
+
+    @property
+    def teacher_sections(self) -> list[TeacherConfig]:
+        """Every teacher of the run in order: the ``teachers`` list, or ``teacher`` ([] when its type is none)."""
+        if self.teachers:
+            return list(self.teachers)
+        return [self.teacher] if self.teacher is not None and self.teacher.type != "none" else []
+
+    @property
+    def teacher_settings(self) -> TeacherConfig:
+        """The section whose shared keys (views, online, cache, batch_size, cache_dtype, cache_workers)
+        the run uses: ``teacher``, or ``teachers[0]`` (config/teachers.py)."""
+        return self.teachers[0] if self.teachers else (self.teacher or TeacherConfig())
+
+    @property
+    def keyed_teachers(self) -> list[tuple[str, TeacherConfig]]:
+        """(key, section) of each teacher section as written: ``teacher``, or ``teachers[i]`` of the list."""
+        if self.teachers:
+            return [(f"teachers[{i}]", t) for i, t in enumerate(self.teachers)]
+        return [("teacher", self.teacher or TeacherConfig())]
+
+    @property
+    def teacher_key(self) -> str:
+        """Where :attr:`teacher_settings` is written, for messages: ``teacher`` or ``teachers[0]``."""
+        return "teachers[0]" if self.teachers else "teacher"
 
     @property
     def run_dir(self) -> Path:
@@ -206,7 +219,8 @@ class Recipe:
         data = self.to_dict()
         data.pop("name", None)
         data.pop("output_dir", None)
-        data.get("teacher", {}).pop("cache_workers", None)  # how the cache is built, not what
+        for section in [data.get("teacher") or {}, *data.get("teachers", [])]:
+            section.pop("cache_workers", None)  # how the cache is built, not what
         train = data.get("train", {})
         if train.get("precision") == "auto":
             # hash what trains: auto is fp32 on most CPUs (the old runs' hash) and bf16 where the CPU has
@@ -218,17 +232,13 @@ class Recipe:
             *parents, key = dotted.split(".")
             section = data
             for part in parents:
-                section = section.get(part, {})
+                section = section.get(part) or {}
             if key in section and section[key] == neutral:
                 del section[key]
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _choice(value: str, options: tuple[str, ...], path: str, where: str) -> None:
-    if value not in options:
-        close = difflib.get_close_matches(value, options, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise RecipeError(f"{where}: `{path}` is {value!r}, expected one of {', '.join(options)}{hint}")
+_choice = choice
 
 
 def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) -> None:
@@ -255,57 +265,20 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `data.batch_size` must be at least 2 (relations need pairs)")
     if recipe.data.workers < 0:
         raise RecipeError(f"{where}: `data.workers` must be >= 0")
-    t = recipe.teacher
-    _choice(t.type, ("none", "torch", "onnx"), "teacher.type", where)
-    _choice(t.channel_order, ("RGB", "BGR"), "teacher.channel_order", where)
-    for key in ("mean", "std"):
-        value = getattr(t, key)
-        if isinstance(value, list) and len(value) != 3:
-            raise RecipeError(f"{where}: `teacher.{key}` must be one number or three (per channel, in the "
-                              f"model's channel order), got {len(value)}: {value!r}")
-    if any(v == 0 for v in (t.std if isinstance(t.std, list) else [t.std])):
-        raise RecipeError(f"{where}: `teacher.std` must not be 0")
-    if t.type == "torch":
-        if not t.checkpoint:
-            raise RecipeError(f"{where}: `teacher.checkpoint` is required when `teacher.type` is torch")
-        if t.arch is not None:
-            _choice(t.arch, aliases, "teacher.arch", where)
-    if t.views < 1:
-        raise RecipeError(f"{where}: `teacher.views` must be >= 1, got {t.views}")
-    if t.batch_size < 1:
-        raise RecipeError(f"{where}: `teacher.batch_size` must be >= 1, got {t.batch_size}")
-    _choice(t.cache_dtype, ("float32", "float16"), "teacher.cache_dtype", where)
-    if not isinstance(t.cache_workers, int) or t.cache_workers < 1:
-        raise RecipeError(f"{where}: `teacher.cache_workers` must be an integer >= 1, got {t.cache_workers!r}")
-    aug = recipe.data.augment
-    try:
-        aug.validate("data.augment")
-    except RecipeError as e:
-        raise RecipeError(f"{where}: {e}") from None
-    uses_cache = t.type != "none" and recipe.loss.distill.type != "none" and t.cache and not t.online
-    if aug.enabled and uses_cache and t.views < 2:
-        raise RecipeError(f"{where}: `data.augment` is on and the teacher is cached, but `teacher.views` is "
-                          f"{t.views}: view 0 is the plain image, so give `teacher.views: 2` or more (e.g. 4), "
-                          "or `teacher.online: true`")
-    if t.views > 1 and not aug.enabled:
-        raise RecipeError(f"{where}: `teacher.views` is {t.views} but `data.augment.enabled` is false; "
-                          "views are augmented copies: enable `data.augment` or set `teacher.views: 1`")
-    if t.views > 1 and t.online:
-        raise RecipeError(f"{where}: `teacher.views` ({t.views}) and `teacher.online: true` exclude each other "
-                          "(cached views, or a teacher that embeds every batch); drop one")
-    if t.type == "onnx":
-        if not t.onnx:
-            raise RecipeError(f"{where}: `teacher.onnx` is required when `teacher.type` is onnx")
+    _validate_teachers(recipe, where, aliases)
     m = recipe.loss.margin
     _choice(m.type, ("arcface", "cosface", "none"), "loss.margin.type", where)
     if m.weight < 0 or m.scale <= 0:
         raise RecipeError(f"{where}: `loss.margin.weight` must be >= 0 and `loss.margin.scale` > 0")
-    _choice(recipe.loss.projector, ("auto", "linear", "none"), "loss.projector", where)
+    _choice(recipe.loss.projector, ("auto", "linear", "none", "per_teacher"), "loss.projector", where)
+    if recipe.loss.projector == "per_teacher" and not recipe.teachers:
+        raise RecipeError(f"{where}: `loss.projector: per_teacher` maps the student to each block of a `teachers` "
+                          "list; with one `teacher:` use auto or linear")
     try:
         recipe.loss.distill.validate("loss.distill")
     except RecipeError as e:
         raise RecipeError(f"{where}: {e}") from None
-    if recipe.loss.distill.type != "none" and t.type == "none":
+    if recipe.loss.distill.type != "none" and not recipe.teacher_sections:
         raise RecipeError(f"{where}: `loss.distill.type` is {recipe.loss.distill.type!r} but there is no "
                           "teacher; set `teacher.type` (torch or onnx) or use `loss.distill.type: none`")
     if recipe.loss.distill.type == "none" and m.type == "none":
@@ -317,11 +290,9 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `optim.lr` must be positive")
     if o.grad_clip is not None and o.grad_clip <= 0:
         raise RecipeError(f"{where}: `optim.grad_clip` must be positive or null")
-    if check_files and t.type == "torch" and not Path(t.checkpoint).exists():
-        raise RecipeError(f"{where}: `teacher.checkpoint` {t.checkpoint} does not exist")
-    if check_files and t.type == "onnx" and not Path(t.onnx).is_file():
-        raise RecipeError(f"{where}: `teacher.onnx` {t.onnx} does not exist "
-                          "(see `facedistill prepare teacher --help` to get one)")
+    if check_files:
+        for key, t in recipe.keyed_teachers:
+            teacher_rules.check_files(t, key, where)
     tr = recipe.train
     _choice(tr.device, ("auto", "cpu", "cuda"), "train.device", where)
     _choice(tr.precision, ("auto", "fp32", "bf16"), "train.precision", where)
@@ -343,6 +314,33 @@ def validate(recipe: Recipe, where: str = "recipe", check_files: bool = True) ->
         raise RecipeError(f"{where}: `train.epochs` must be positive")
     if tr.checkpoint_every < 1 or tr.log_every < 1 or tr.eval_every < -1:
         raise RecipeError(f"{where}: `train.checkpoint_every`/`log_every` must be >= 1, `eval_every` >= -1")
+
+
+def _validate_teachers(recipe: Recipe, where: str, aliases: tuple[str, ...]) -> None:
+    """Each teacher (config/teachers.py), the shared keys, and how they meet ``data.augment``."""
+    if recipe.teachers and recipe.teacher is not None:
+        raise RecipeError(f"{where}: `teacher` and `teachers` are both given; keep one")
+    for key, t in recipe.keyed_teachers:
+        teacher_rules.validate_teacher(t, key, where, aliases)
+    teacher_rules.validate_list(recipe.teachers, where)
+    t, key = recipe.teacher_settings, recipe.teacher_key
+    teacher_rules.validate_shared(t, key, where)
+    aug = recipe.data.augment
+    try:
+        aug.validate("data.augment")
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+    uses_cache = bool(recipe.teacher_sections) and recipe.loss.distill.type != "none" and t.cache and not t.online
+    if aug.enabled and uses_cache and t.views < 2:
+        raise RecipeError(f"{where}: `data.augment` is on and the teacher is cached, but `{key}.views` is "
+                          f"{t.views}: view 0 is the plain image, so give `{key}.views: 2` or more (e.g. 4), "
+                          f"or `{key}.online: true`")
+    if t.views > 1 and not aug.enabled:
+        raise RecipeError(f"{where}: `{key}.views` is {t.views} but `data.augment.enabled` is false; "
+                          f"views are augmented copies: enable `data.augment` or set `{key}.views: 1`")
+    if t.views > 1 and t.online:
+        raise RecipeError(f"{where}: `{key}.views` ({t.views}) and `{key}.online: true` exclude each other "
+                          "(cached views, or a teacher that embeds every batch); drop one")
 
 
 def student_preprocessing_given(s: StudentConfig) -> Any:
@@ -476,7 +474,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path).resolve()
         data = _read_yaml(path, ())
         where = str(path)
-    data = apply_overrides(data, overrides)
+    data = share_settings(apply_overrides(data, overrides), where)
     recipe = from_dict(Recipe, data, "", where)
     recipe.source = where
     validate(recipe, where, check_files=check_files)
@@ -484,7 +482,7 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def recipe_from_dict(data: dict[str, Any], where: str = "recipe", check_files: bool = True) -> Recipe:
-    recipe = from_dict(Recipe, data, "", where)
+    recipe = from_dict(Recipe, share_settings(data, where), "", where)
     recipe.source = where
     validate(recipe, where, check_files=check_files)
     return recipe

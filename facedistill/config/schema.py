@@ -76,6 +76,14 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
     raise RecipeError(f"{where}: `{path}` must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
+def choice(value: str, options: tuple[str, ...], path: str, where: str) -> None:
+    """Refuse a value outside ``options``, naming the key and the closest option."""
+    if value not in options:
+        close = difflib.get_close_matches(value, options, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise RecipeError(f"{where}: `{path}` is {value!r}, expected one of {', '.join(options)}{hint}")
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 

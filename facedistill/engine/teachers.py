@@ -139,12 +139,13 @@ class OnnxTeacher:
         return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
 
 
-def build_teacher(cfg: Any, device: torch.device | str = "cpu", threads: int | None = None
-                  ) -> TorchTeacher | OnnxTeacher | None:
+def build_teacher(cfg: Any, device: torch.device | str = "cpu", threads: int | None = None,
+                  key: str = "teacher") -> TorchTeacher | OnnxTeacher | None:
     """Create the teacher described by a recipe's ``teacher`` section (None when type is none).
 
     ``threads``: onnxruntime intra-op threads of an ONNX teacher (a torch teacher shares torch's), so an
     online teacher keeps to ``train.threads`` like the student; None: onnxruntime's default (all cores).
+    ``key``: where the section is written (``teacher`` or ``teachers[i]``), for the errors.
     """
     pre = Preprocessing(cfg.mean, cfg.std, cfg.channel_order, cfg.input_size)
     if cfg.type == "none":
@@ -157,10 +158,10 @@ def build_teacher(cfg: Any, device: torch.device | str = "cpu", threads: int | N
         try:
             loaded = load_backbone(cfg.checkpoint, arch=cfg.arch, embedding_size=cfg.embedding_size)
         except CheckpointError as e:
-            raise CheckpointError(f"teacher.checkpoint: {e}") from None
+            raise CheckpointError(f"{key}.checkpoint: {e}") from None
         fp = _fingerprint(sha256_file(loaded.source), pre, {"kind": "torch", "arch": loaded.arch})
         teacher = TorchTeacher(loaded.model, pre, fp, f"{loaded.arch}:{loaded.source}", device)
     if cfg.embedding_size is not None and teacher.embedding_size != cfg.embedding_size:
-        raise FaceDistillError(f"teacher.embedding_size is {cfg.embedding_size} but the teacher outputs "
+        raise FaceDistillError(f"{key}.embedding_size is {cfg.embedding_size} but the teacher outputs "
                                f"{teacher.embedding_size}-d embeddings; fix or remove the key")
     return teacher

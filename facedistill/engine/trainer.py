@@ -184,47 +184,66 @@ class Trainer:
 
     def build_teacher(self) -> None:
         """The frozen teacher and its cached embeddings (per (image, flip), or K augmented views per image),
-        unless ``teacher.cache`` is false or ``teacher.online`` is true: then it embeds every batch."""
+        unless ``teacher.cache`` is false or ``teacher.online`` is true: then it embeds every batch.
+
+        A ``teachers`` list becomes one ``JointTeacher`` (engine/joint_teacher.py): each member builds or
+        reuses its own cache, exactly as a lone teacher would, and ``JointRows`` joins them on read.
+        """
+        from facedistill.engine.joint_teacher import JointRows, JointTeacher
         from facedistill.engine.teachers import build_teacher
 
         cfg = self.cfg
-        self.teacher = build_teacher(cfg.teacher, self.device, threads=cfg.train.threads) \
-            if cfg.loss.distill.type != "none" else None
-        self.teacher_cache = None
-        if self.teacher is None or not cfg.teacher.cache or cfg.teacher.online:
+        self.teacher = self.teacher_cache = None
+        self.members: list[Any] = []
+        if cfg.loss.distill.type == "none" or not cfg.teacher_sections:
             return
-        from facedistill.engine.teacher_cache import load_or_build, load_or_build_views
+        self.members = [build_teacher(t, self.device, threads=cfg.train.threads, key=k)
+                        for k, t in cfg.keyed_teachers]
+        weights = [t.weight for t in cfg.teachers]
+        self.teacher = JointTeacher(self.members, weights) if cfg.teachers else self.members[0]
+        settings = cfg.teacher_settings
+        if not settings.cache or settings.online:
+            return
+        caches = [self.cache_of_teacher(m, t, named=len(self.members) > 1)
+                  for m, t in zip(self.members, cfg.teacher_sections)]
+        self.teacher_cache = JointRows(caches, weights) if cfg.teachers else caches[0]
 
-        workers = cfg.teacher.cache_workers
-        how = dict(dtype=cfg.teacher.cache_dtype, workers=workers,
-                   teacher_factory=functools.partial(build_teacher, cfg.teacher, "cpu",
+    def cache_of_teacher(self, teacher: Any, section: Any, named: bool = False) -> Any:
+        """One teacher's cache over the training set: built (main rank) or reused, one per source."""
+        from facedistill.engine.teacher_cache import load_or_build, load_or_build_views
+        from facedistill.engine.teachers import build_teacher
+
+        cfg, how_used = self.cfg, self.cfg.teacher_settings
+        workers = how_used.cache_workers
+        how = dict(dtype=how_used.cache_dtype, workers=workers,
+                   teacher_factory=functools.partial(build_teacher, section, "cpu",
                                                      max(1, (cfg.train.threads or os.cpu_count() or 1) // workers)))
 
         def cache_of(source: PackedDataset, advance=None) -> np.ndarray:
             if cfg.data.augment.enabled:
-                cache, cache_file, built = load_or_build_views(source, self.teacher, cfg.data.augment,
-                                                               cfg.teacher.views, cfg.data.flip,
-                                                               cfg.teacher.batch_size, advance, **how)
+                cache, cache_file, built = load_or_build_views(source, teacher, cfg.data.augment,
+                                                               how_used.views, cfg.data.flip,
+                                                               how_used.batch_size, advance, **how)
             else:
-                cache, cache_file, built = load_or_build(source, self.teacher, cfg.teacher.batch_size, advance,
-                                                         **how)
+                cache, cache_file, built = load_or_build(source, teacher, how_used.batch_size, advance, **how)
             if advance is not None:
                 self.monitor.message(f"teacher cache {'built' if built else 'reused'}: {cache_file}")
             return cache
 
-        def build_all(advance=None) -> np.ndarray:
+        def build_all(advance=None) -> Any:
             # one cache per source, beside its data: every mix of that source reuses it
             if isinstance(self.train_set, PackedDataset):
                 return cache_of(self.train_set, advance)
             return self.train_set.combine_per_source(lambda source: cache_of(source, advance))
 
+        cache = None
         if self.dist.is_main:
-            what = f"{cfg.teacher.views} views per image" if cfg.data.augment.enabled else "cached once"
-            with self.monitor.phase(f"teacher embeddings ({what})", self._cache_work()) as advance:
-                self.teacher_cache = build_all(advance)
+            what = f"{how_used.views} views per image" if cfg.data.augment.enabled else "cached once"
+            title = f"teacher embeddings ({what})" + (f": {teacher.description}" if named else "")
+            with self.monitor.phase(title, self._cache_work()) as advance:
+                cache = build_all(advance)
         ddp.barrier()
-        if not self.dist.is_main:
-            self.teacher_cache = build_all()
+        return cache if self.dist.is_main else build_all()
 
     def _cache_work(self) -> int:
         """Images the teacher cache covers (a mixed set caches whole sources, filtered rows too)."""
@@ -264,7 +283,7 @@ class Trainer:
                                       cfg.loss.margin.scale, cfg.loss.margin.margin)
         projector = objective = None
         if self.teacher is not None:
-            projector = self._projector(self.teacher.embedding_size)
+            projector = self._projector(self.teacher)
             objective = DistillationObjective(cfg.loss.distill, self.teacher.embedding_size,
                                               gather_fn=ddp.all_gather_cat if self.dist.enabled else None)
         self.module = TrainModule(self.student, head, projector, objective, cfg.loss.margin.weight).to(self.device)
@@ -287,8 +306,13 @@ class Trainer:
         recipe or an imported start says otherwise (``student.mean``/``std``/``channel_order``)."""
         return self.student_pre.apply_torch(x)
 
-    def _projector(self, teacher_dim: int) -> nn.Module | None:
-        cfg = self.cfg
+    def _projector(self, teacher: Any) -> nn.Module | None:
+        """Student -> teacher dim: none when they match, else linear; ``per_teacher``: one head per block."""
+        cfg, teacher_dim = self.cfg, teacher.embedding_size
+        if cfg.loss.projector == "per_teacher":
+            from facedistill.models.projectors import BlockProjector
+
+            return BlockProjector(cfg.student.embedding_size, teacher.dims, teacher.weights)
         if teacher_dim == cfg.student.embedding_size and cfg.loss.projector != "linear":
             return None
         if cfg.loss.projector == "none":
@@ -357,8 +381,9 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def loop(self) -> None:
         self.module.train()
-        if self.teacher is not None and isinstance(getattr(self.teacher, "model", None), nn.Module):
-            self.teacher.model.eval()
+        for member in self.members:
+            if isinstance(getattr(member, "model", None), nn.Module):
+                member.model.eval()
         self.monitor.train_start(self.total_steps, self.step)
         self.start_time = time.time()
         metrics_file = open(self.metrics_path, "a") if self.dist.is_main else None
@@ -422,7 +447,7 @@ class Trainer:
         local = self.train_set.local_indices(index.numpy()) if hasattr(self.train_set, "local_indices") \
             else index.numpy()
         if self.teacher_cache is not None:
-            views = view_choice(cfg.train.seed, self.step, len(index), cfg.teacher.views, self.dist.rank)
+            views = view_choice(cfg.train.seed, self.step, len(index), cfg.teacher_settings.views, self.dist.rank)
             seed = aug.seed
         else:
             views, seed = np.full(len(index), self.step + 1, dtype=np.int64), cfg.train.seed
@@ -578,6 +603,7 @@ class Trainer:
                                                      "embedding_size": teacher.embedding_size,
                                                      "fingerprint": teacher.fingerprint,
                                                      "cached": self.teacher_cache is not None},
+            "teachers": self._teachers_summary(),
             "loss": {"margin": cfg.loss.margin.type, "distill": cfg.loss.distill.type},
             "augment": self._augment_summary(),
             "preprocessing": self.student_pre.to_dict(),
@@ -601,6 +627,15 @@ class Trainer:
         summary.update(self.last_val)
         return summary
 
+    def _teachers_summary(self) -> list[dict[str, Any]] | None:
+        """Each teacher of the run (one for a lone ``teacher``) with its share of the joint target."""
+        if self.teacher is None:
+            return None
+        weights = getattr(self.teacher, "weights", [1.0])
+        return [{"description": m.description, "embedding_size": m.embedding_size, "weight": w,
+                 "fingerprint": m.fingerprint, "cached": self.teacher_cache is not None}
+                for m, w in zip(self.members, weights)]
+
     def _augment_summary(self) -> dict[str, Any] | None:
         """data.augment as trained, and how the teacher saw it (cached views or online); None when off."""
         from facedistill.data.augment import describe
@@ -609,5 +644,5 @@ class Trainer:
         if not cfg.data.augment.enabled:
             return None
         teacher = None if self.teacher is None else (
-            f"cache of {cfg.teacher.views} views" if self.teacher_cache is not None else "online")
+            f"cache of {cfg.teacher_settings.views} views" if self.teacher_cache is not None else "online")
         return {**describe(cfg.data.augment, cfg.data.flip), "teacher": teacher}

@@ -45,6 +45,7 @@ from facedistill.evaluation.protocol import (
 )
 from facedistill.evaluation.model_sources import ModelInfo, OpenedModel, match_parity, model_display_names, open_model
 from facedistill.evaluation.pair_sets import PairSet, open_pair_set
+from facedistill.utils.embeddings import joint_embedding
 
 __all__ = ["EvaluationReport", "ModelSetResult", "ParityResult", "evaluate", "compare_to_reference",
            "resolve_reference", "TABLE_FARS"]
@@ -243,8 +244,9 @@ def evaluate(
     ``fold_scheme``: ``auto`` | ``contiguous`` | ``balanced`` | ``source`` (the folds a packed set or
     ``.bin`` came with); see :mod:`facedistill.evaluation.protocol`.
     ``ensemble``: also score the models together: one more row whose embedding is the concatenation
-    of each model's L2-normalised embedding times its weight (``weights``, default all 1), then
-    L2-normalised, i.e. what several teachers are worth as one joint teacher.
+    of each model's L2-normalised embedding times sqrt(w_i / sum w) (``weights``, default all 1), so
+    its cosine is the weighted mean of the models' cosines: exactly the target a recipe's ``teachers``
+    list distils (:mod:`facedistill.utils.embeddings`).
     ``reference``: the row every other row is compared with on each set, pair by pair
     (:func:`facedistill.evaluation.protocol.paired_comparison`: won / lost, two-sided p, "a tie"
     where p > 0.05): a model as given or as named in the table, its position counting from 1,
@@ -519,21 +521,12 @@ def _evaluate_set(
     return results, parity, plots
 
 
-def joint_embedding(embeddings: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Several models' L2-normalised (N, D_i) embeddings -> one (N, sum D_i) L2-normalised embedding:
-    each model's block scaled by its weight, so its share of the squared distance is w_i^2 / sum w^2."""
-    blocks = [float(w) * e.astype(np.float32) for e, w in zip(embeddings, weights)]
-    joint = np.concatenate(blocks, axis=1)
-    norm = np.linalg.norm(joint, axis=1, keepdims=True)
-    return (joint / np.maximum(norm, 1e-12)).astype(np.float32)
-
-
 def _ensemble_info(opened: Sequence[OpenedModel], weights: Sequence[float]) -> ModelInfo:
     parts = [f"{om.info.name}" + ("" if w == 1 else f"*{w:g}") for om, w in zip(opened, weights)]
     return ModelInfo(name="ensemble(" + " + ".join(parts) + ")", path="", kind="ensemble",
                      params=sum(om.info.params or 0 for om in opened) or None,
                      size_mb=sum(om.info.size_mb or 0 for om in opened) or None,
-                     notes=[f"concatenated L2-normalised embeddings, weights {list(weights)}"])
+                     notes=[f"concatenated L2-normalised embeddings scaled by sqrt(w / sum w), weights {list(weights)}"])
 
 
 def _fold_spec(ps: PairSet, scheme: str) -> str | np.ndarray:

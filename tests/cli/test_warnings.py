@@ -58,8 +58,10 @@ def test_other_recipes_warn_only_about_their_measured_rpsd_quota(path):
     recipe = load_recipe(path, check_files=False)
     if recipe.loss.distill.type == "none":
         return
+    # a `teachers` list distils the joint embedding: the sum of the teachers' (stated) dims
+    dim = sum(t.embedding_size or SFACE_DIM for t in recipe.teacher_sections) or SFACE_DIM
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        DistillationObjective(recipe.loss.distill, SFACE_DIM)
+        DistillationObjective(recipe.loss.distill, dim)
     for w in caught:
         assert "loss.distill.rpsd.k_bank" in str(w.message) and recipe.loss.distill.type in ("rpsd", "unified")

@@ -169,6 +169,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]  # and these
     del old["student"]["leaky_anneal_from"]
+    del old["teachers"]  # a list of several teachers, added later too
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     bf16 = load_recipe(write(tmp_path, "b.yaml", {"train": {"precision": "bf16"}, "loss": {"distill": {"type": "none"}}}))
@@ -203,7 +204,7 @@ def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
     del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]
-    del old["student"]["leaky_anneal_from"]  # added later still
+    del old["student"]["leaky_anneal_from"], old["teachers"]  # added later still
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert recipe.hash() == old_hash
     on = load_recipe(write(tmp_path, "b.yaml", {"data": {"augment": {"enabled": True}},
@@ -302,3 +303,103 @@ def test_leaky_anneal_key_checks_and_hash(tmp_path):
     for bad in (1.0, -0.1):
         with pytest.raises(RecipeError, match=r"student\.leaky_anneal_from.*\[0, 1\)"):
             load_recipe(write(tmp_path, "e.yaml", {**base, "student": {**base["student"], "leaky_anneal_from": bad}}))
+
+
+# ----------------------------------------------------------------------------------------------
+# several teachers (`teachers:`)
+# ----------------------------------------------------------------------------------------------
+def two_onnx(tmp_path: Path, **first) -> list[dict]:
+    for name in ("a.onnx", "b.onnx"):
+        (tmp_path / name).write_bytes(b"")
+    return [{"type": "onnx", "onnx": str(tmp_path / "a.onnx"), "mean": 0.0, "std": 1.0, **first},
+            {"type": "onnx", "onnx": str(tmp_path / "b.onnx"), "channel_order": "BGR", "weight": 0.5}]
+
+
+def test_teachers_list_parses_with_weights_and_shared_settings_from_the_first(tmp_path):
+    data = {"data": {"augment": {"enabled": True}}, "loss": {"distill": {"type": "l2"}},
+            "teachers": two_onnx(tmp_path, views=4, cache_dtype="float16")}
+    r = load_recipe(write(tmp_path, "r.yaml", data))
+    assert r.teacher is None and [t.weight for t in r.teachers] == [1.0, 0.5]
+    assert [t.channel_order for t in r.teacher_sections] == ["RGB", "BGR"]
+    assert [(t.views, t.cache_dtype) for t in r.teachers] == [(4, "float16"), (4, "float16")]  # taken from [0]
+    assert r.teacher_settings is r.teachers[0] and r.teacher_key == "teachers[0]"
+    again = load_recipe(write(tmp_path, "again.yaml", r.to_yaml()))  # the saved run recipe reloads
+    assert again.hash() == r.hash() and again.teachers == r.teachers
+    other = dict(data, teachers=[data["teachers"][0], dict(data["teachers"][1], weight=2.0)])
+    assert load_recipe(write(tmp_path, "w.yaml", other)).hash() != r.hash()
+    swapped = dict(data, teachers=two_onnx(tmp_path, views=4, cache_dtype="float16", cache_workers=3))
+    assert load_recipe(write(tmp_path, "cw.yaml", swapped)).hash() == r.hash()  # how the cache is built only
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"teacher": {"type": "onnx", "onnx": "x.onnx"}}, r"`teacher` and `teachers` are both given.*teacher: null"),
+    ({"teachers.1.views": 2}, r"`teachers\[1\]\.views` is 2 but `teachers\[0\]\.views` is 1.*shared.*teachers\[0\] only"),
+    ({"teachers.1.online": True}, r"`teachers\[1\]\.online`"),
+    ({"teachers.1.weight": 0}, r"`teachers\[1\]\.weight` must be > 0"),
+    ({"teachers.1.weight": -1}, r"`teachers\[1\]\.weight` must be > 0"),
+    ({"teachers.1.type": "none"}, r"`teachers\[1\]\.type` is 'none', expected one of torch, onnx"),
+    ({"teachers.1.onnx": "models/x.onnx"}, r"`teachers\[1\]\.onnx` models/x\.onnx does not exist"),
+    ({"teachers.0.mean": [1, 2]}, r"`teachers\[0\]\.mean` must be one number or three"),
+    ({"teachers.1.std": 0}, r"`teachers\[1\]\.std` must not be 0"),
+    ({"teachers.1.colour": "RGB"}, r"unknown key `teachers\[1\]\.colour`"),
+    ({"teachers.0.views": 0}, r"`teachers\[0\]\.views` must be >= 1"),
+    ({"teachers.0.views": 3}, r"`teachers\[0\]\.views` is 3 but `data\.augment\.enabled` is false"),
+    ({"loss.projector": "per_teachers"}, r"did you mean 'per_teacher'"),
+])
+def test_teachers_errors_name_the_key_with_its_index(tmp_path, change, match):
+    data = {"loss": {"distill": {"type": "l2"}}, "teachers": two_onnx(tmp_path)}
+    for key, value in change.items():
+        if key.startswith("teachers."):
+            _, i, name = key.split(".")
+            data["teachers"][int(i)][name] = value
+        elif key == "loss.projector":
+            data["loss"]["projector"] = value
+        else:
+            data[key] = value
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(write(tmp_path, "r.yaml", data))
+
+
+def test_per_teacher_projector_needs_a_teachers_list(tmp_path):
+    data = {"loss": {"projector": "per_teacher", "distill": {"type": "l2"}}, "teacher": {"type": "onnx", "onnx": "t.onnx"}}
+    with pytest.raises(RecipeError, match=r"per_teacher.*`teachers` list"):
+        load_recipe(write(tmp_path, "r.yaml", data), check_files=False)
+
+
+def test_an_extending_recipe_replaces_an_inherited_teacher_with_teacher_null(tmp_path):
+    write(tmp_path, "base.yaml", {"teacher": {"type": "onnx", "onnx": "sface.onnx"}, "loss": {"distill": {"type": "l2"}}})
+    teachers = [{"type": "onnx", "onnx": "a.onnx"}, {"type": "onnx", "onnx": "b.onnx"}]
+    with pytest.raises(RecipeError, match="may come from a recipe this one extends"):
+        load_recipe(write(tmp_path, "both.yaml", {"extends": "base.yaml", "teachers": teachers}), check_files=False)
+    r = load_recipe(write(tmp_path, "child.yaml", {"extends": "base.yaml", "teacher": None, "teachers": teachers}),
+                    check_files=False)
+    assert r.teacher is None and [t.onnx for t in r.teacher_sections] == ["a.onnx", "b.onnx"]
+    alone = load_recipe(write(tmp_path, "alone.yaml", {"teacher": None, "loss": {"distill": {"type": "none"}}}))
+    assert alone.teacher_sections == [] and alone.teacher.type == "none"
+
+
+def test_set_reaches_into_a_teachers_list_only_as_a_whole(tmp_path):
+    """`--set` walks mappings only: `teachers.1.weight=2` is refused with the key it could not enter;
+    `--set 'teachers=[...]'` replaces the list."""
+    path = write(tmp_path, "r.yaml", {"loss": {"distill": {"type": "l2"}}, "teachers": two_onnx(tmp_path)})
+    with pytest.raises(RecipeError, match=r"`teachers` is not a section"):
+        load_recipe(path, ["teachers.1.weight=2"])
+    r = load_recipe(path, ["teachers=[{type: onnx, onnx: x.onnx}, {type: onnx, onnx: y.onnx, weight: 2}]"],
+                    check_files=False)
+    assert [t.weight for t in r.teachers] == [1.0, 2.0]
+
+
+# Hashes of shipped recipes (train.precision pinned to fp32: `auto` hashes as what this CPU resolves
+# to) as computed before the `teachers` list existed: the runs they name stay current.
+SHIPPED_HASHES = {
+    "sface_to_mbf_lfw.yaml": "dd7ab4dc8248d667",
+    "sface_lfw/unified_celeba.yaml": "753177e8d52a9934",
+    "sface_lfw/iled_aug.yaml": "dd0d71a1703ff7ae",
+    "quickstart/unified.yaml": "576cd90518d74f23",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_HASHES))
+def test_shipped_single_teacher_recipes_keep_their_hash(name):
+    r = load_recipe(RECIPES / name, ["train.precision=fp32"], check_files=False)
+    assert r.teachers == [] and r.hash() == SHIPPED_HASHES[name]
