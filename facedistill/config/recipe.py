@@ -221,6 +221,7 @@ class Recipe:
         data.pop("output_dir", None)
         for section in [data.get("teacher") or {}, *data.get("teachers", [])]:
             section.pop("cache_workers", None)  # how the cache is built, not what
+            section.pop("runtime", None)  # what executes a torch teacher (same embeddings, cosine >= 0.9999)
         train = data.get("train", {})
         if train.get("precision") == "auto":
             # hash what trains: auto is fp32 on most CPUs (the old runs' hash) and bf16 where the CPU has

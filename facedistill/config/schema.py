@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Union
@@ -70,10 +71,15 @@ def _convert(value: Any, tp: Any, path: str, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string: what was meant is the number
     elif tp is str:
         if isinstance(value, str):
             return value
     raise RecipeError(f"{where}: `{path}` must be {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def choice(value: str, options: tuple[str, ...], path: str, where: str) -> None:

@@ -49,6 +49,9 @@ class TeacherConfig:
     online: bool = False  # the teacher embeds every (freshly augmented) batch; no cache
     cache_dtype: str = "float32"  # float32 | float16 (half the file; targets rounded to fp16)
     cache_workers: int = 1  # processes that build the cache's shards (each with threads / workers)
+    # torch teachers on a CPU: auto runs the frozen network through onnxruntime when its embeddings
+    # agree with PyTorch's (worst probe cosine >= 0.9999; several times faster), else PyTorch
+    runtime: str = "auto"  # auto | torch | onnxruntime
 
 
 @dataclass
@@ -57,6 +60,8 @@ class TeacherEntry(TeacherConfig):
 
     weight: float = 1.0
 
+
+RUNTIMES = ("auto", "torch", "onnxruntime")  # what executes a torch teacher (engine/teachers.py)
 
 # How the run uses its teachers: one value for all (see the module doc).
 SHARED_KEYS = ("views", "online", "cache", "batch_size", "cache_dtype", "cache_workers")
@@ -98,6 +103,7 @@ def validate_teacher(t: TeacherConfig, key: str, where: str, aliases: tuple[str,
     types = ("torch", "onnx") if isinstance(t, TeacherEntry) else ("none", "torch", "onnx")
     choice(t.type, types, f"{key}.type", where)
     choice(t.channel_order, ("RGB", "BGR"), f"{key}.channel_order", where)
+    choice(t.runtime, RUNTIMES, f"{key}.runtime", where)
     for name in ("mean", "std"):
         value = getattr(t, name)
         if isinstance(value, list) and len(value) != 3:

@@ -197,7 +197,7 @@ class Trainer:
         self.members: list[Any] = []
         if cfg.loss.distill.type == "none" or not cfg.teacher_sections:
             return
-        self.members = [build_teacher(t, self.device, threads=cfg.train.threads, key=k)
+        self.members = [build_teacher(t, self.device, threads=cfg.train.threads, key=k, images=self._teacher_work())
                         for k, t in cfg.keyed_teachers]
         weights = [t.weight for t in cfg.teachers]
         self.teacher = JointTeacher(self.members, weights) if cfg.teachers else self.members[0]
@@ -217,7 +217,8 @@ class Trainer:
         workers = how_used.cache_workers
         how = dict(dtype=how_used.cache_dtype, workers=workers,
                    teacher_factory=functools.partial(build_teacher, section, "cpu",
-                                                     max(1, (cfg.train.threads or os.cpu_count() or 1) // workers)))
+                                                     max(1, (cfg.train.threads or os.cpu_count() or 1) // workers),
+                                                     images=self._teacher_work()))
 
         def cache_of(source: PackedDataset, advance=None) -> np.ndarray:
             if cfg.data.augment.enabled:
@@ -244,6 +245,14 @@ class Trainer:
                 cache = build_all(advance)
         ddp.barrier()
         return cache if self.dist.is_main else build_all()
+
+    def _teacher_work(self) -> int:
+        """Images each teacher will embed: every cached view of the training images (flips or K views),
+        or every training image shown when it runs online."""
+        settings = self.cfg.teacher_settings
+        if settings.online or not settings.cache:
+            return self.total_steps * self.cfg.data.batch_size
+        return self._cache_work() * (settings.views if self.cfg.data.augment.enabled else 2)
 
     def _cache_work(self) -> int:
         """Images the teacher cache covers (a mixed set caches whole sources, filtered rows too)."""

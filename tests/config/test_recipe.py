@@ -403,3 +403,15 @@ SHIPPED_HASHES = {
 def test_shipped_single_teacher_recipes_keep_their_hash(name):
     r = load_recipe(RECIPES / name, ["train.precision=fp32"], check_files=False)
     assert r.teachers == [] and r.hash() == SHIPPED_HASHES[name]
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; in a float key (file or --set) it is the number meant."""
+    path = tmp_path / "r.yaml"
+    path.write_text("loss:\n  distill: {type: none}\noptim:\n  lr: 1e-4\n")
+    assert load_recipe(path, check_files=False).optim.lr == 1e-4
+    assert load_recipe(path, ["optim.lr=2E-5"], check_files=False).optim.lr == 2e-5
+    with pytest.raises(RecipeError, match="optim.lr"):
+        load_recipe(path, ["optim.lr=1e-4x"], check_files=False)
+    with pytest.raises(RecipeError, match="train.max_steps"):  # an int key keeps refusing a string
+        load_recipe(path, ["train.max_steps=1e3"], check_files=False)

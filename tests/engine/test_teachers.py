@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -80,3 +82,37 @@ def test_fixed_batch_1_teacher_runs_batched_when_the_graph_allows(tmp_path, mode
     with torch.no_grad():
         expected = torch.cat([model(images[i:i + 1].float()) for i in range(4)])
     np.testing.assert_allclose(teacher(images).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_torch_teacher_runs_on_onnxruntime_when_it_pays_off(tmp_path):
+    """``runtime: auto``: a CPU torch teacher that will embed many images runs as an ONNX graph on
+    onnxruntime, with the same fingerprint (so the same cache) and the same embeddings; a small job,
+    or ``runtime: torch``, keeps PyTorch; a bad runtime is a recipe error naming the key."""
+    from facedistill.config.teachers import TeacherConfig
+    from facedistill.engine.teachers import AUTO_MIN_IMAGES, PARITY_COSINE, TorchTeacher, build_teacher
+    from facedistill.models import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("mobilefacenet_s", embedding_size=16)
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(model.state_dict(), ckpt)
+    cfg = TeacherConfig(type="torch", checkpoint=str(ckpt), arch="mobilefacenet_s", embedding_size=16)
+    fast = build_teacher(cfg, "cpu", threads=1, images=AUTO_MIN_IMAGES)
+    small = build_teacher(cfg, "cpu", threads=1, images=AUTO_MIN_IMAGES - 1)
+    cfg.runtime = "torch"
+    plain = build_teacher(cfg, "cpu", threads=1)
+    assert isinstance(fast, OnnxTeacher) and "onnxruntime" in fast.description
+    assert isinstance(small, TorchTeacher) and isinstance(plain, TorchTeacher)
+    assert fast.fingerprint == plain.fingerprint == small.fingerprint and fast.embedding_size == 16
+    images = torch.randint(0, 256, (6, 3, 112, 112), dtype=torch.uint8)
+    cosine = torch.nn.functional.cosine_similarity(fast(images), plain(images))
+    assert float(cosine.min()) >= PARITY_COSINE
+
+
+def test_teacher_runtime_is_checked():
+    from facedistill.config import load_recipe
+    from facedistill.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"teacher.runtime"):
+        load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "quickstart" / "unified.yaml",
+                    ["teacher.runtime=tensorrt"], check_files=False)
