@@ -21,7 +21,7 @@ def print_quickstart(summary: dict) -> None:
                        f"{100 * row['accuracy']:.2f}% ± {100 * row['accuracy_std']:.2f}", f"{row['train_s']:.0f} s")
     console.print(models)
     exports = Table(title=f"exported models (onnxruntime, batch 1, 1 thread, {summary['machine']})")
-    for col in ("file", "precision", "size", "accuracy", "latency p50"):
+    for col in ("file", "precision", "size", "accuracy", "cosine to fp32", "latency p50"):
         exports.add_column(col)
     for row in summary["exports"]:
         acc = f"{100 * row['accuracy']:.2f}%" if row.get("accuracy") is not None else "-"
@@ -29,7 +29,9 @@ def print_quickstart(summary: dict) -> None:
         if row.get("speedup_vs_fp32") and row["file"] != "student.onnx":
             lat += f" ({row['speedup_vs_fp32']:.2f}x fp32)"
         size = f"{row['size_mb']:.2f} MB" if row.get("size_mb") is not None else "-"
-        exports.add_row(row["file"], row["precision"], size, acc, lat)
+        cos = f"{row['cosine_mean']:.4f}" if row.get("cosine_mean") is not None and row["file"] != "student.onnx" \
+            else "-"
+        exports.add_row(row["file"], row["precision"], size, acc, cos, lat)
     console.print(exports)
     console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()))
     console.print(f"outputs in {summary['workdir']}/")

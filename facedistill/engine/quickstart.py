@@ -51,7 +51,13 @@ STUDENTS = ("none", "unified")
 EVALUATION_STAMP = "evaluation.json"
 EXPORT_STAMP = "exports.json"
 # How the quickstart calls export_model; part of the exports' key, so a change here exports again.
-EXPORT_OPTIONS = "student: fp32 + int8 (calib train, verify val), fp32_prelu linear; teacher: fp32"
+EXPORT_OPTIONS = ("student: fp32 + int8 (calib train, verify val, min cosine 0.97), fp32_prelu linear; "
+                  "teacher: fp32")
+# The int8 gate's cosine floor for the quickstart's students (export's default: 0.99). Their embeddings,
+# 1.5 epochs on synthetic faces, move more under int8 than real-face students' do (all-int8 mean cosine
+# 0.979-0.981 across calibration methods) while verification holds (77.83% fp32, 78.33-81.00% int8,
+# paired test p > 0.7; docs/results.md): the accuracy gate decides, and the table shows the cosine.
+INT8_MIN_COSINE = 0.97
 
 
 def _recipe(recipes: Path, name: str, workdir: Path, size: QuickstartSize, extra: list[str]):
@@ -207,7 +213,8 @@ def _run_exports(run_dirs: dict[str, Path], export_dir: Path, data: Path, int8: 
     try:
         report = export_model(run_dirs["unified"], student_onnx, int8=int8,
                               calib=data / "train" if int8 else None,
-                              verify=data / "val", latency=False, fp32_prelu="linear")
+                              verify=data / "val", latency=False, fp32_prelu="linear",
+                              int8_min_cosine=INT8_MIN_COSINE)
     except ExportGateError as e:
         # The int8 gate refused its model (nothing was written for it); the fp32 export stands.
         if e.report is None or not any(a.precision == "fp32" and a.passed for a in e.report.artifacts):
