@@ -192,3 +192,16 @@ def write_json_output(path: Path | None, payload: Any) -> None:
     else:
         write_json_atomic(path, payload)
         err_console.print(f"wrote {path}")
+
+
+def parse_channels(text: str | None, flag: str) -> float | tuple[float, ...] | None:
+    """'127.5' -> 127.5; '123.675,116.28,103.53' -> a 3-tuple (per channel)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3):
+        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}")
+    return values[0] if len(values) == 1 else tuple(values)

@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from facedistill.cli.common import console, err_console, progress_bar, user_errors, write_json_output
+from facedistill.cli.common import parse_channels, console, err_console, progress_bar, user_errors, write_json_output
 from facedistill.cli.main import app
 from facedistill.errors import FaceDistillError
 
@@ -61,19 +61,6 @@ def _parse_compare(items: List[str]) -> list[tuple[str, str]]:
         a, b = item.split("=", 1)
         out.append((a, b))
     return out
-
-
-def _channels(text: Optional[str], flag: str) -> Any:
-    """'127.5' -> 127.5; '123.675,116.28,103.53' -> a 3-tuple (per channel)."""
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) not in (1, 3):
-        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}")
-    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _weights(text: Optional[str]) -> Optional[list[float]]:
@@ -216,7 +203,7 @@ def evaluate_cmd(
         err_console.print(f"[yellow]note:[/] {msg}", soft_wrap=True)
 
     report = evaluate(
-        models, data, arch=arch, mean=_channels(mean, "--mean"), std=_channels(std, "--std"), bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
+        models, data, arch=arch, mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"), bgr=bgr, images_dir=images, flip=flip, batch_size=batch_size,
         nfolds=folds, fold_scheme=fold_scheme, plot_dir=plot, compare=_parse_compare(compare), allow_missing=allow_missing, device=device,
         threads=threads, ensemble=ensemble, weights=_weights(weights), reference=reference,
         progress=lambda desc, total: progress_bar(desc, total), log=log,

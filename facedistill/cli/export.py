@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from facedistill.cli.common import console, err_console, user_errors, write_json_output
+from facedistill.cli.common import parse_channels, console, err_console, user_errors, write_json_output
 from facedistill.cli.main import app
 
 
@@ -169,7 +169,7 @@ def export(
                               int8_min_cosine=min_cosine, int8_max_drop=max_drop, int8_drop_alpha=drop_alpha,
                               latency=not no_latency,
                               latency_threads=threads, keep_rejected=keep_rejected, int8_mixed=mixed,
-                              mean=_numbers(mean, "--mean"), std=_numbers(std, "--std"),
+                              mean=parse_channels(mean, "--mean"), std=parse_channels(std, "--std"),
                               channel_order=channel_order, qat=qat, progress=say)
     except ExportGateError as e:
         if e.report is not None:
@@ -178,18 +178,6 @@ def export(
         raise
     print_export_table(report)
     write_json_output(json_out, export_json(report))
-
-
-def _numbers(text: str | None, flag: str):
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}") from None
-    if len(values) not in (1, 3):
-        raise typer.BadParameter(f"{flag} must be a number or three comma-separated numbers, got {text!r}")
-    return values[0] if len(values) == 1 else tuple(values)
 
 
 def _batch(text: str) -> int:

@@ -422,7 +422,7 @@ def student(
     --bgr --out starts/paddlex, then: facedistill evaluate starts/paddlex paddlex_mobilefacenet_prelu_128d.onnx
     --mean 127.5 --std 127.5 --bgr --compare starts/paddlex=paddlex_mobilefacenet_prelu_128d.onnx --data lfw.bin
     """
-    from facedistill.cli.evaluate import _channels
+    from facedistill.cli.common import parse_channels
     from facedistill.data.preprocessing import Preprocessing
     from facedistill.models.checkpoints import save_imported_start
 
@@ -430,7 +430,7 @@ def student(
     if mean is not None or std is not None or bgr is not None:
         if mean is None or std is None or bgr is None:
             raise typer.BadParameter("give all of --mean, --std and --bgr/--rgb (or none: the model's metadata)")
-        given = Preprocessing(_channels(mean, "--mean"), _channels(std, "--std"), "BGR" if bgr else "RGB")
+        given = Preprocessing(parse_channels(mean, "--mean"), parse_channels(std, "--std"), "BGR" if bgr else "RGB")
     with err_console.status("importing the ONNX model"):
         summary = save_imported_start(onnx_model, out, arch=arch, preprocessing=given)
     out_console = err_console if json_out is not None and str(json_out) == "-" else console
