@@ -19,7 +19,7 @@ from typing import Any, List, Optional, Union
 import yaml
 
 from facedistill.config import teachers as teacher_rules
-from facedistill.config.schema import choice, deep_merge, from_dict, to_dict
+from facedistill.config.schema import check_normalisation, choice, deep_merge, from_dict, to_dict
 from facedistill.config.teachers import TeacherConfig, TeacherEntry, share_settings
 from facedistill.data.augment import AugmentConfig
 from facedistill.errors import RecipeError
@@ -380,15 +380,7 @@ def _describe_pre(p: Any) -> str:
 def _validate_student_input(s: StudentConfig, where: str, check_files: bool) -> None:
     """The student's preprocessing keys, and (with ``check_files``) its start: the checkpoint exists,
     imports into ``arch``, and records no other preprocessing than the recipe says."""
-    if s.channel_order is not None:
-        _choice(s.channel_order, ("RGB", "BGR"), "student.channel_order", where)
-    for key in ("mean", "std"):
-        value = getattr(s, key)
-        if isinstance(value, list) and len(value) != 3:
-            raise RecipeError(f"{where}: `student.{key}` must be one number or three (per channel, in the "
-                              f"model's channel order), got {len(value)}: {value!r}")
-    if s.std is not None and any(v == 0 for v in (s.std if isinstance(s.std, list) else [s.std])):
-        raise RecipeError(f"{where}: `student.std` must not be 0")
+    check_normalisation(s, "student", where)
     if not check_files or not s.checkpoint:
         return
     from facedistill.errors import FaceDistillError

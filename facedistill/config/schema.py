@@ -131,3 +131,18 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = value
     return out
+
+
+def check_normalisation(section: Any, key: str, where: str) -> None:
+    """A model's input keys (``channel_order``, ``mean``, ``std``; None = unset): RGB/BGR, one number
+    or three per channel, no zero std. ``key`` names the section (``student``, ``teachers[1]``)."""
+    if section.channel_order is not None:
+        choice(section.channel_order, ("RGB", "BGR"), f"{key}.channel_order", where)
+    for name in ("mean", "std"):
+        value = getattr(section, name)
+        if isinstance(value, list) and len(value) != 3:
+            raise RecipeError(f"{where}: `{key}.{name}` must be one number or three (per channel, in the "
+                              f"model's channel order), got {len(value)}: {value!r}")
+    std = section.std
+    if std is not None and any(v == 0 for v in (std if isinstance(std, list) else [std])):
+        raise RecipeError(f"{where}: `{key}.std` must not be 0")

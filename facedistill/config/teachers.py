@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facedistill.config.schema import choice
+from facedistill.config.schema import check_normalisation, choice
 from facedistill.errors import RecipeError
 
 
@@ -102,15 +102,8 @@ def validate_teacher(t: TeacherConfig, key: str, where: str, aliases: tuple[str,
     """What one teacher is: type, preprocessing, weights (``key``: ``teacher`` or ``teachers[i]``)."""
     types = ("torch", "onnx") if isinstance(t, TeacherEntry) else ("none", "torch", "onnx")
     choice(t.type, types, f"{key}.type", where)
-    choice(t.channel_order, ("RGB", "BGR"), f"{key}.channel_order", where)
+    check_normalisation(t, key, where)
     choice(t.runtime, RUNTIMES, f"{key}.runtime", where)
-    for name in ("mean", "std"):
-        value = getattr(t, name)
-        if isinstance(value, list) and len(value) != 3:
-            raise RecipeError(f"{where}: `{key}.{name}` must be one number or three (per channel, in the "
-                              f"model's channel order), got {len(value)}: {value!r}")
-    if any(v == 0 for v in (t.std if isinstance(t.std, list) else [t.std])):
-        raise RecipeError(f"{where}: `{key}.std` must not be 0")
     if isinstance(t, TeacherEntry) and not t.weight > 0:
         raise RecipeError(f"{where}: `{key}.weight` must be > 0 (its share of the joint cosine), got {t.weight!r}")
     if t.type == "torch":
