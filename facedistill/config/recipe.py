@@ -81,6 +81,9 @@ class StudentConfig:
     # the plain ReLU/ReLU6 network (all-int8 on export) after a leaky start (models/activations.py).
     # null: plain ReLU/ReLU6 from the first step.
     leaky_anneal_from: Optional[float] = None
+    # Fine-tuning a start: module names (prefixes, e.g. [layers.0, layers.1]) that do not train; their
+    # parameters stay as loaded and their BatchNorms keep their statistics (engine/freeze.py).
+    freeze: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -140,6 +143,7 @@ HASH_NEUTRAL: dict[str, Any] = {
     "data.augment": to_dict(AugmentConfig()),  # off (and untouched): no augmentation beyond data.flip
     "teacher.views": 1,
     "student.leaky_anneal_from": None,
+    "student.freeze": [],
     "teacher.online": False,
     "teacher.cache_dtype": "float32",
     "student.mean": None,  # unset: the checkpoint's or arcface_torch's preprocessing, as before

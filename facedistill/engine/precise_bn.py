@@ -22,8 +22,13 @@ from facedistill.data.packed import PackedDataset
 def recompute_bn_stats(model: nn.Module, dataset: PackedDataset, num_images: int, batch_size: int,
                        normalise, device: torch.device, seed: int = 0,
                        memory_format: torch.memory_format = torch.contiguous_format) -> int:
-    """Reset and re-estimate every BatchNorm's running stats; returns the number of images used."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    """Reset and re-estimate every BatchNorm's running stats; returns the number of images used.
+
+    A frozen BatchNorm (``student.freeze``: its affine weight does not train) keeps its statistics
+    and normalises with them during the passes, as it did in training (engine/freeze.py)."""
+    every = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    held = [m for m in every if m.weight is not None and not m.weight.requires_grad]
+    bns = [m for m in every if not any(m is h for h in held)]
     if not bns or num_images <= 0:
         return 0
     n = min(num_images, len(dataset))
@@ -34,6 +39,8 @@ def recompute_bn_stats(model: nn.Module, dataset: PackedDataset, num_images: int
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
     model.train()
+    for m in held:
+        m.eval()
     try:
         for start in range(0, n, batch_size):
             batch = idx[start:start + batch_size]

@@ -278,6 +278,11 @@ class Trainer:
             self.student.load_state_dict(init.model.state_dict())
             if init.info.get("imported_from_onnx") or init.info.get("imported_from"):  # ONNX, or `prepare student`
                 self.calibrate_start()
+        self.frozen_norms = []
+        if cfg.student.freeze:
+            from facedistill.engine.freeze import freeze_modules
+
+            self.frozen_norms = freeze_modules(self.student, cfg.student.freeze, cfg.source)
         self.anneal = None
         if cfg.student.leaky_anneal_from is not None:  # leaky first, plain ReLU/ReLU6 at the end
             from facedistill.models.activations import LeakyAnneal
@@ -390,6 +395,10 @@ class Trainer:
     # ---------------------------------------------------------------------------------------------
     def loop(self) -> None:
         self.module.train()
+        if self.frozen_norms:
+            from facedistill.engine.freeze import hold_statistics
+
+            hold_statistics(self.frozen_norms)
         for member in self.members:
             if isinstance(getattr(member, "model", None), nn.Module):
                 member.model.eval()

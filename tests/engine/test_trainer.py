@@ -219,3 +219,29 @@ def test_leaky_anneal_trains_leaky_and_saves_the_relu6_network(tmp_path, tiny_sy
     assert loaded.arch == "mobilefacenet_s_relu6"
     assert any(isinstance(m, torch.nn.ReLU6) for m in loaded.model.modules())
     assert 0.0 <= result.summary["val_accuracy"] <= 1.0
+
+
+def test_frozen_layers_keep_their_weights_and_statistics(tmp_path, tiny_synthetic, teacher_ckpt):
+    """`student.freeze`: a start's named modules train no parameter and keep their BatchNorm
+    statistics, the rest trains; a name that is not a module is a recipe error listing real ones."""
+    from facedistill.errors import RecipeError
+    from facedistill.models.checkpoints import load_backbone
+
+    torch.manual_seed(3)
+    start = create_backbone("mobilefacenet_s", embedding_size=32)
+    start_path = tmp_path / "start.pt"
+    torch.save(start.state_dict(), start_path)
+    frozen = ["layers.0", "layers.1", "layers.2"]
+    recipe = load_recipe(make_recipe(tmp_path, tiny_synthetic, "freeze", **{
+        **distill_args(teacher_ckpt), "student.checkpoint": str(start_path), "student.freeze": frozen,
+        "train.epochs": 1}))
+    result = train(recipe)
+    after = load_backbone(result.run_dir).model.state_dict()
+    before = start.state_dict()
+    held = [k for k in before if any(k.startswith(f + ".") for f in frozen)]
+    moved = [k for k in before if k.startswith("layers.5.") and k.endswith(".weight")]
+    assert held and all(torch.equal(before[k], after[k]) for k in held)  # weights and BN statistics
+    assert moved and not all(torch.equal(before[k], after[k]) for k in moved)
+    bad = load_recipe(make_recipe(tmp_path, tiny_synthetic, "badfreeze", **{"student.freeze": ["layer.9"]}))
+    with pytest.raises(RecipeError, match=r"student.freeze.*layer\.9.*layers, conv_sep, features"):
+        train(bad)
