@@ -41,7 +41,7 @@ def print_quickstart(summary: dict) -> None:
 @user_errors
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), "--out", "-o", help="Working folder for data, runs and exports."),
-    size: str = typer.Option("default", help="default (about 5 minutes on 2 idle CPU cores) or tiny (a smoke test)."),
+    size: str = typer.Option("default", help="default (about 4 minutes on 2 idle CPU cores) or tiny (a smoke test)."),
     recipes: Optional[Path] = typer.Option(None, help="Folder of the quickstart recipes (default: recipes/quickstart)."),
     int8: bool = typer.Option(True, "--int8/--no-int8", help="Also export and check an int8 student."),
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a key of every recipe, e.g. train.threads=2."),
