@@ -150,7 +150,7 @@ def on_onnxruntime(teacher: TorchTeacher, threads: int | None = None) -> OnnxTea
 
     Why: a frozen teacher only runs forward, and onnxruntime's fused convolution + activation
     kernels run a MobileFaceNet or IResNet several times faster than PyTorch's eager CPU path
-    (``benchmarks/teacher_pass.py --torch``). The teacher keeps its fingerprint, so its cache is the
+    (``benchmarks/teacher_pass.py RUN_FOLDER SET``). The teacher keeps its fingerprint, so its cache is the
     same cache either way.
     """
     import tempfile
