@@ -226,6 +226,7 @@ class Recipe:
         for section in [data.get("teacher") or {}, *data.get("teachers", [])]:
             section.pop("cache_workers", None)  # how the cache is built, not what
             section.pop("runtime", None)  # what executes a torch teacher (same embeddings, cosine >= 0.9999)
+        data.get("loss", {}).get("distill", {}).get("rpsd", {}).pop("accept_few_anchors", None)  # a warning only
         train = data.get("train", {})
         if train.get("precision") == "auto":
             # hash what trains: auto is fp32 on most CPUs (the old runs' hash) and bf16 where the CPU has

@@ -45,6 +45,9 @@ class RPSDConfig:
     use_bank: bool = True  # bank anchors
     use_in_batch: bool = True  # in-batch anchors
     warmup_entries: Optional[int] = None  # RPSD is active once the bank holds this many; None = bank quota
+    # A quota below the embedding size is a known risk (docs/method.md, "k vs D") and RPSD warns; a
+    # recipe that measured its quota and keeps it says so here (no warning; not part of the hash).
+    accept_few_anchors: bool = False
     # Separate quotas of teacher-hard negatives: k_bank among the bank anchors and k_batch among the
     # in-batch ones (else the bank crowds the student-student pairs out). None/None: one joint
     # top-`hard_negatives` over the whole row (the original rule); set both to split.

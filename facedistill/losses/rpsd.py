@@ -58,12 +58,13 @@ class RPSDLoss(nn.Module):
         self.teacher_center: Optional[Callable[[Tensor], Tensor]] = None
         self.student_center: Optional[Callable[[Tensor], Tensor]] = None
         per_row = cfg.anchors_per_row()
-        if 0 < per_row < self.dim:
+        if 0 < per_row < self.dim and not cfg.accept_few_anchors:
             warnings.warn(
                 f"RPSD mines {per_row} non-positive anchors per row for {self.dim}-d embeddings: with fewer "
                 f"anchors than dimensions a student can match every mined relation and still verify poorly "
                 f"(docs/method.md, 'k vs D'); raise loss.distill.rpsd.k_bank / hard_negatives to >= {self.dim} "
-                "where the bank allows", UserWarning, stacklevel=2)
+                "where the bank allows (or set loss.distill.rpsd.accept_few_anchors: true once measured)", UserWarning,
+                stacklevel=2)
 
     # ------------------------------------------------------------------ public API
 

@@ -167,6 +167,7 @@ def test_a_key_added_later_keeps_older_runs_current(tmp_path):
     del old["train"]["precision"]
     del old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]  # added later still
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"], old["teacher"]["runtime"]
+    del old["loss"]["distill"]["rpsd"]["accept_few_anchors"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]  # and these
     del old["student"]["leaky_anneal_from"], old["student"]["freeze"]
     del old["teachers"]  # a list of several teachers, added later too
@@ -203,6 +204,7 @@ def test_augmentation_keys_leave_existing_hashes_alone(tmp_path):
         old.pop(key)
     del old["train"]["precision"], old["data"]["augment"], old["teacher"]["views"], old["teacher"]["online"]
     del old["teacher"]["cache_dtype"], old["teacher"]["cache_workers"], old["teacher"]["runtime"]
+    del old["loss"]["distill"]["rpsd"]["accept_few_anchors"]
     del old["student"]["mean"], old["student"]["std"], old["student"]["channel_order"]
     del old["student"]["leaky_anneal_from"], old["student"]["freeze"], old["teachers"]  # added later still
     old_hash = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
