@@ -449,15 +449,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``--set a.b=v`` on plain recipe data; a number walks into a list (``teachers.1.weight=2``)."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for text in overrides:
         keys, value = parse_override(text)
-        node = data
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
+        node: Any = data
+        for depth, key in enumerate(keys):
+            last = depth == len(keys) - 1
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise RecipeError(f"--set {text!r}: `{'.'.join(keys[:depth])}` is a list of {len(node)}; "
+                                      f"give an index 0..{len(node) - 1}, or replace the whole list")
+                if last:
+                    node[int(key)] = value
+                else:
+                    node = node[int(key)]
+                continue
             if not isinstance(node, dict):
-                raise RecipeError(f"--set {text!r}: `{key}` is not a section")
-        node[keys[-1]] = value
+                raise RecipeError(f"--set {text!r}: `{'.'.join(keys[:depth])}` is not a section")
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
     return data
 
 

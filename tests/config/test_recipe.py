@@ -380,12 +380,16 @@ def test_an_extending_recipe_replaces_an_inherited_teacher_with_teacher_null(tmp
     assert alone.teacher_sections == [] and alone.teacher.type == "none"
 
 
-def test_set_reaches_into_a_teachers_list_only_as_a_whole(tmp_path):
-    """`--set` walks mappings only: `teachers.1.weight=2` is refused with the key it could not enter;
-    `--set 'teachers=[...]'` replaces the list."""
+def test_set_reaches_into_a_teachers_list_by_index(tmp_path):
+    """`--set teachers.1.weight=2` sets one entry's key (shared keys on teachers[0]); an index outside
+    the list is refused naming its length; `--set 'teachers=[...]'` replaces the list."""
     path = write(tmp_path, "r.yaml", {"loss": {"distill": {"type": "l2"}}, "teachers": two_onnx(tmp_path)})
-    with pytest.raises(RecipeError, match=r"`teachers` is not a section"):
-        load_recipe(path, ["teachers.1.weight=2"])
+    r = load_recipe(path, ["teachers.1.weight=2", "teachers.0.batch_size=16"])
+    assert [t.weight for t in r.teachers] == [1.0, 2.0] and [t.batch_size for t in r.teachers] == [16, 16]
+    with pytest.raises(RecipeError, match=r"`teachers` is a list of 2; give an index 0..1"):
+        load_recipe(path, ["teachers.2.weight=2"])
+    with pytest.raises(RecipeError, match=r"`loss.distill.type` is not a section"):
+        load_recipe(path, ["loss.distill.type.x=1"])
     r = load_recipe(path, ["teachers=[{type: onnx, onnx: x.onnx}, {type: onnx, onnx: y.onnx, weight: 2}]"],
                     check_files=False)
     assert [t.weight for t in r.teachers] == [1.0, 2.0]
