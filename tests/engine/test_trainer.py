@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from _recipes import write_recipe
 
 from facedistill.config import load_recipe
 from facedistill.engine.trainer import TrainingDiverged, train
@@ -31,15 +32,7 @@ def make_recipe(tmp_path: Path, data: Path, name: str, **over) -> Path:
         "optim": {"optimizer": "sgd", "lr": 0.05},
         "train": {"epochs": 2, "threads": 1, "checkpoint_every": 2, "log_every": 1, "eval_every": 0},
     }
-    for key, value in over.items():
-        node = recipe
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(tmp_path, name, recipe, over)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
+from _recipes import write_recipe
 
 from facedistill.config import load_recipe
 from facedistill.engine.monitor import Monitor
@@ -35,15 +35,7 @@ def make_recipe(tmp_path: Path, data: Path | str, name: str, teachers: list[dict
         "train": {"epochs": 1, "threads": 1, "checkpoint_every": 2, "log_every": 1, "eval_every": -1,
                   "precise_bn_images": 16, "precision": "fp32"},
     }
-    for key, value in over.items():
-        node = recipe
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write_recipe(tmp_path, name, recipe, over)
 
 
 @pytest.fixture(scope="module")
