@@ -28,7 +28,7 @@ def recompute_bn_stats(model: nn.Module, dataset: PackedDataset, num_images: int
     and normalises with them during the passes, as it did in training (engine/freeze.py)."""
     every = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     held = [m for m in every if m.weight is not None and not m.weight.requires_grad]
-    bns = [m for m in every if not any(m is h for h in held)]
+    bns = [m for m in every if m.weight is None or m.weight.requires_grad]
     if not bns or num_images <= 0:
         return 0
     n = min(num_images, len(dataset))

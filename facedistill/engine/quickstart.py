@@ -39,7 +39,7 @@ class QuickstartSize:
     batch_size: int = 64
 
 
-# "default" is sized to finish in about 4 minutes on 2 idle CPU cores (229 s measured) (docs/results.md); "tiny" is for tests.
+# "default" finishes in about 4 minutes on 2 idle CPU cores (229 s measured, docs/results.md); "tiny" is for tests.
 SIZES: dict[str, QuickstartSize] = {
     "default": QuickstartSize(80, 10, 80, 4, 600, teacher_epochs=3, student_epochs=1.5, difficulty=0.6),
     "tiny": QuickstartSize(8, 4, 20, 2, 100, teacher_epochs=1, student_epochs=1, difficulty=0.6,

@@ -171,7 +171,7 @@ def on_onnxruntime(teacher: TorchTeacher, threads: int | None = None) -> OnnxTea
     worst = float(torch.nn.functional.cosine_similarity(teacher(probe), fast(probe)).min())
     if not worst >= PARITY_COSINE:
         return None
-    fast.fingerprint, fast.path = teacher.fingerprint, Path(teacher.description.partition(":")[2])
+    fast.fingerprint = teacher.fingerprint
     fast.description = f"{teacher.description} (onnxruntime, probe cosine {worst:.6f})"
     return fast
 
@@ -209,6 +209,8 @@ def build_teacher(cfg: Any, device: torch.device | str = "cpu", threads: int | N
                 raise FaceDistillError(f"{key}.runtime is onnxruntime but {teacher.description} does not export "
                                        f"to an ONNX graph that keeps its embeddings (worst probe cosine < "
                                        f"{PARITY_COSINE}); use `{key}.runtime: torch` or auto")
+            if fast is not None:
+                fast.path = Path(loaded.source)  # what messages name, not the deleted temporary export
             teacher = fast or teacher
     if cfg.embedding_size is not None and teacher.embedding_size != cfg.embedding_size:
         raise FaceDistillError(f"{key}.embedding_size is {cfg.embedding_size} but the teacher outputs "
